@@ -1,0 +1,17 @@
+"""triton_kernels: Triton kernels for mixture-of-experts inference with MXFP4 weights.
+
+Imports are relative on purpose: the `kernels` loader imports this package under its own
+module name (the build's id), not as `triton_kernels`.
+"""
+
+from . import target_info
+from . import tensor
+from . import numerics
+from . import topk
+from . import routing
+from . import swiglu
+from . import matmul_ogs
+
+__version__ = "1.0.0"
+
+__all__ = ["target_info", "tensor", "numerics", "topk", "routing", "swiglu", "matmul_ogs"]

@@ -1,0 +1,1 @@
+"""matmul_ogs: being written."""

@@ -1,0 +1,1 @@
+"""topk: being written."""
