@@ -1,0 +1,1 @@
+"""Project commands: `python -m scripts.build_variants` (build/ tree) and `python -m scripts.publish`."""
