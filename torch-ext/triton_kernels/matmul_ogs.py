@@ -1,1 +1,524 @@
-"""matmul_ogs: being written."""
+"""matmul_ogs: the MoE matmul (optionally gathered rows, scattered top-k output) with MXFP4 or bf16 weights.
+
+    y = matmul_ogs(x, w, bias, routing_data, gather_indx=..., scatter_indx=..., precision_config=...,
+                   betas=..., gammas=..., out_alpha=..., y=..., fused_activation=...)
+
+Modes
+  plain     x [M, K] @ w [K, N] (w may also be [1, K, N]).
+  batched   x [B, M, K] @ w [B, K, N] (or a shared w [K, N]); bias [B, N] / [N].
+  routed    `routing_data` given: rows are in expert-sorted order. Row r of expert e's segment
+            [off[e], off[e+1]) (off = routing_data.expt_data.token_offs_raw) reads
+            x[gather_indx.src_indx[r] // k] when gathering, else x[r]; w is [E, K, N].
+            With `scatter_indx`, output row t = sum over its k slots s = t*k + j of the row
+            scatter_indx.src_indx[s] (skipping -1), i.e. the rows r with dst_indx[r] // k == t.
+            The sum is deterministic: the matmul writes one row per slot (in sorted order) and a
+            second small kernel adds the k rows of each token in a fixed order (no atomics).
+
+Per row r, in fp32:
+    acc = x_r · W[e]  +  bias[e] * betas[r]      (betas default 1; bias None -> 0)
+    acc = acc * out_alpha                        (if given)
+    out = activation(acc, *fn_args)              (FusedActivation; N -> N / reduction_n)
+    out = out * gammas[r]                        (if given; gpt-oss passes the routing weights
+                                                  `gate_scal` here on the down projection)
+then cast to precision_config.out_dtype (default: x's dtype). Without routing, betas and gammas
+are indexed by the row of a 2-D x.
+
+Rows that belong to no expert (expert parallelism: slots routed to other ranks) are not computed:
+without scatter those output rows are left as they were (zeros in matmul_ogs_torch); with scatter
+a token whose k slots are all elsewhere gets zeros.
+
+Weights: bf16/fp16 dense torch tensors, or MXFP4 (a wrapped FP4 Tensor in any layout from
+tensor.convert_layout, or a raw uint8 tensor packed along K) with `precision_config.weight_scale`
+(E8M0 bytes [E, K/32, N], any layout, StridedLayout included). The kernel reads every layout
+through its addressing formula (tensor_details.layout) and upcasts MXFP4 in registers.
+
+Fused activations (calling convention)
+  A fused activation is a `@triton.jit` function `fn(tile, *fn_args)`: `tile` is the fp32
+  accumulator [BLOCK_M, BLOCK_N] after bias and out_alpha; it returns [BLOCK_M, BLOCK_N //
+  reduction_n] (any float dtype). Output column j of a tile comes from tile columns
+  [j*reduction_n, (j+1)*reduction_n) of the same tile (tiles start at multiples of BLOCK_N, so
+  groups of reduction_n adjacent columns never straddle tiles). Up to four fn_args, passed as
+  kernel arguments (floats, ints, or None, which reaches the function as a constexpr None).
+  Wrap it as FusedActivation(FnSpecs(name, fn, arg_names, torch_fn=...), fn_args, reduction_n).
+  `torch_fn(tile, *fn_args)` is its torch twin, used by matmul_ogs_torch and the CPU fallback
+  (swiglu_fn's twin is known and needs no torch_fn).
+
+Epilogue: accepted for API compatibility as a container of FnSpecs; only the empty epilogue
+(`Epilogue()` / specs.fn None) is supported, anything else raises ValueError.
+
+Precision: flexpoint scales (FlexCtx with scales, act_scale, out_scale) are not supported: the
+activations are bf16/fp16 and the weights carry their own MX scales; non-default values raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+import triton
+
+from . import target_info
+from .matmul_ogs_details import operands as _ops
+from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
+from .matmul_ogs_details.configs import MatmulConfig, choose_config
+try:
+    from .numerics import InFlexData, OutFlexData
+except ImportError:  # TEMPORARY until numerics.py lands (another helper writes it); then this goes.
+    @dataclasses.dataclass(frozen=True)
+    class InFlexData:
+        dtype: Any = None
+        scale: Any = None
+
+    @dataclasses.dataclass(frozen=True)
+    class OutFlexData:
+        dtype: Any = None
+        expected_scale: Any = None
+        actual_scale: Any = None
+        checksum_scale: Any = None
+        scale: Any = None
+from .swiglu import swiglu_fn, swiglu_fn_torch
+
+__all__ = ["matmul_ogs", "matmul_ogs_torch", "PrecisionConfig", "FlexCtx", "InFlexData", "FnSpecs",
+           "FusedActivation", "Epilogue", "MatmulConfig"]
+
+_ACT_DTYPES = (torch.bfloat16, torch.float16)
+_MAX_FN_ARGS = 4
+try:  # under TRITON_INTERPRET=1, @triton.jit returns an InterpretedFunction
+    from triton.runtime.interpreter import InterpretedFunction as _InterpretedFunction
+    _JIT_TYPES = (triton.runtime.JITFunction, _InterpretedFunction)
+except ImportError:
+    _JIT_TYPES = (triton.runtime.JITFunction,)
+
+
+@dataclasses.dataclass(frozen=True)
+class FnSpecs:
+    name: str
+    fn: Any  # a triton.jit function, or None (identity)
+    fn_arg_names: tuple = ()
+    fn_arg_do_not_specialize: tuple = ()
+    torch_fn: Callable | None = None  # torch twin for matmul_ogs_torch / the CPU fallback
+
+    @staticmethod
+    def default() -> "FnSpecs":
+        return FnSpecs("dflt", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedActivation:
+    specs: FnSpecs = dataclasses.field(default_factory=FnSpecs.default)
+    fn_args: tuple = ()
+    reduction_n: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Epilogue:
+    specs: FnSpecs = dataclasses.field(default_factory=FnSpecs.default)
+    fn_arg_values_matmul: tuple = ()
+    fn_arg_values_finalize: tuple = ()
+    effective_itemsize: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FlexCtx:
+    lhs_data: InFlexData = dataclasses.field(default_factory=InFlexData)
+    rhs_data: InFlexData = dataclasses.field(default_factory=InFlexData)
+    out_data: OutFlexData = dataclasses.field(default_factory=OutFlexData)
+
+
+@dataclasses.dataclass
+class PrecisionConfig:
+    weight_scale: Any = None  # MX scales of the weight (Tensor or uint8 torch.Tensor [E, K/32, N])
+    flex_ctx: FlexCtx = dataclasses.field(default_factory=FlexCtx)
+    acc_scale: float = 1.0
+    flexpoint_saturate_inf: bool = False
+    report_quantization_err_ratio: bool = False
+    act_scale: Any = None
+    out_scale: Any = None
+    out_dtype: torch.dtype | None = None
+    allow_tf32: bool = True
+    max_num_imprecise_acc: int | None = None
+    enforce_bitwise_invariance: bool = False
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checking
+
+
+@dataclasses.dataclass
+class _Problem:
+    x: torch.Tensor
+    w: _ops.Operand
+    ws: _ops.Operand | None
+    k: int
+    n: int
+    n_out: int
+    batch: int  # grid dimension 1 (1 unless batched)
+    rows: int  # M: rows per batch / sorted rows when routed
+    routed: bool
+    n_expts_act: int
+    gather: torch.Tensor | None
+    scatter: torch.Tensor | None  # slot -> sorted row (ScatterIndx.src_indx)
+    n_tokens: int  # output rows with scatter
+    out_dtype: torch.dtype
+    out_shape: tuple
+    act_fn: Any
+    act_torch: Callable | None
+    act_args: tuple
+    reduction_n: int
+
+
+def _device_of(t) -> torch.device:
+    return t.device if isinstance(t, torch.Tensor) else t.storage.data.device
+
+
+def _check_flex(pc: PrecisionConfig) -> None:
+    flex = pc.flex_ctx
+    if flex is not None:
+        for side in ("lhs_data", "rhs_data", "out_data"):
+            data = getattr(flex, side, None)
+            if data is not None and getattr(data, "scale", None) is not None:
+                raise ValueError(f"matmul_ogs: `precision_config.flex_ctx.{side}.scale` is not supported "
+                                 "(flexpoint scaling; activations are bf16/fp16)")
+    for name in ("act_scale", "out_scale"):
+        if getattr(pc, name) is not None:
+            raise ValueError(f"matmul_ogs: `precision_config.{name}` is not supported (must be None)")
+
+
+def _activation(fused_activation, epilogue):
+    if epilogue is not None:
+        if not isinstance(epilogue, Epilogue):
+            raise TypeError(f"matmul_ogs: `epilogue` must be an Epilogue, got {type(epilogue).__name__}")
+        if epilogue.specs is not None and epilogue.specs.fn is not None:
+            raise ValueError("matmul_ogs: `epilogue` with a function is not supported; fuse it as `fused_activation`")
+    if fused_activation is None:
+        return identity_fn, (lambda t: t), (), 1
+    if not isinstance(fused_activation, FusedActivation):
+        raise TypeError(f"matmul_ogs: `fused_activation` must be a FusedActivation, got {type(fused_activation).__name__}")
+    specs = fused_activation.specs
+    args = tuple(fused_activation.fn_args)
+    red = fused_activation.reduction_n
+    if not isinstance(red, int) or red < 1 or red & (red - 1):
+        raise ValueError(f"matmul_ogs: `fused_activation.reduction_n` must be a power of two >= 1, got {red!r}")
+    if specs is None or specs.fn is None:
+        if red != 1:
+            raise ValueError("matmul_ogs: `fused_activation` without a function must have reduction_n == 1")
+        return identity_fn, (lambda t: t), (), 1
+    if not isinstance(specs.fn, _JIT_TYPES):
+        raise TypeError(f"matmul_ogs: `fused_activation.specs.fn` must be a @triton.jit function, got {type(specs.fn).__name__}")
+    if len(args) > _MAX_FN_ARGS:
+        raise ValueError(f"matmul_ogs: `fused_activation.fn_args` takes at most {_MAX_FN_ARGS} values, got {len(args)}")
+    if specs.fn_arg_names and len(specs.fn_arg_names) != len(args):
+        raise ValueError(f"matmul_ogs: `fused_activation.fn_args` has {len(args)} values for names {specs.fn_arg_names}")
+    torch_fn = specs.torch_fn
+    if torch_fn is None and specs.fn is swiglu_fn:
+        torch_fn = swiglu_fn_torch
+    return specs.fn, torch_fn, args, red
+
+
+def _check(x, w, bias, routing_data, gather_indx, scatter_indx, pc, betas, gammas, y, fused_activation,
+           epilogue) -> _Problem:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"matmul_ogs: `x` must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _ACT_DTYPES:
+        raise TypeError(f"matmul_ogs: `x` must be bfloat16 or float16, got {x.dtype}")
+    if x.dim() not in (2, 3):
+        raise ValueError(f"matmul_ogs: `x` must be 2-D [M, K] or 3-D [B, M, K], got shape {tuple(x.shape)}")
+    if pc is None:
+        pc = PrecisionConfig()
+    if not isinstance(pc, PrecisionConfig):
+        raise TypeError(f"matmul_ogs: `precision_config` must be a matmul_ogs.PrecisionConfig, got {type(pc).__name__}")
+    _check_flex(pc)
+    dev = x.device
+
+    fp4 = _ops.is_fp4(w)
+    if isinstance(w, torch.Tensor) and not fp4 and w.dtype not in _ACT_DTYPES:
+        raise TypeError(f"matmul_ogs: `w` must be bfloat16/float16 (dense), uint8 (MXFP4 packed along K) "
+                        f"or an FP4 Tensor, got {w.dtype}")
+    if not isinstance(w, torch.Tensor) and _ops.is_wrapped(w) and not fp4:
+        raise TypeError(f"matmul_ogs: `w` as a Tensor must have dtype FP4, got {w.dtype}")
+    if _device_of(w) != dev:
+        raise ValueError(f"matmul_ogs: `x` is on {dev} but `w` is on {_device_of(w)}; they must be on the same device")
+    if isinstance(w, torch.Tensor) and not fp4 and w.dtype != x.dtype:
+        raise TypeError(f"matmul_ogs: dense `w` must have x's dtype {x.dtype}, got {w.dtype}")
+    wop = _ops.operand(w, "w", 2 if fp4 and not isinstance(w, torch.Tensor) else 1)
+    k = x.shape[-1]
+    n = wop.n
+    if fp4:
+        w_k = 2 * wop.rows
+        if k % _ops.MX_BLOCK:
+            raise ValueError(f"matmul_ogs: MXFP4 weights need K to be a multiple of {_ops.MX_BLOCK}, got K={k} (`x` last dim)")
+        if pc.weight_scale is None:
+            raise ValueError("matmul_ogs: `precision_config.weight_scale` is required for FP4 weights `w`")
+        if _device_of(pc.weight_scale) != dev:
+            raise ValueError(f"matmul_ogs: `precision_config.weight_scale` is on {_device_of(pc.weight_scale)}, `x` on {dev}")
+        if isinstance(pc.weight_scale, torch.Tensor) and pc.weight_scale.dtype != torch.uint8:
+            raise TypeError(f"matmul_ogs: `precision_config.weight_scale` must be uint8 (E8M0), got {pc.weight_scale.dtype}")
+        ws = _ops.operand(pc.weight_scale, "precision_config.weight_scale", 1)
+        if ws.n_experts != wop.n_experts or ws.rows != k // _ops.MX_BLOCK or ws.n != n:
+            raise ValueError(f"matmul_ogs: `precision_config.weight_scale` must be "
+                             f"[{'' if wop.n_experts is None else f'{wop.n_experts}, '}{k // _ops.MX_BLOCK}, {n}] "
+                             f"(one scale per 32 values of K), got experts={ws.n_experts} rows={ws.rows} N={ws.n}")
+    else:
+        w_k = wop.rows
+        ws = None
+        if pc.weight_scale is not None:
+            raise ValueError("matmul_ogs: `precision_config.weight_scale` is given but `w` is not FP4")
+    if w_k != k:
+        raise ValueError(f"matmul_ogs: `w` must have K={k} rows (x's last dim), got K={w_k}")
+
+    act_fn, act_torch, act_args, red = _activation(fused_activation, epilogue)
+    if n % red:
+        raise ValueError(f"matmul_ogs: N={n} must be a multiple of `fused_activation.reduction_n`={red}")
+    n_out = n // red
+
+    routed = routing_data is not None
+    n_expts_act = 1
+    n_tokens = 0
+    gather = scatter = None
+    if routed:
+        if x.dim() != 2:
+            raise ValueError(f"matmul_ogs: routed `x` must be 2-D, got shape {tuple(x.shape)}")
+        n_expts = routing_data.n_expts_tot
+        n_expts_act = int(routing_data.n_expts_act)
+        if wop.n_experts is None or wop.n_experts != n_expts:
+            raise ValueError(f"matmul_ogs: `w` has {wop.n_experts} experts but `routing_data` has n_expts_tot={n_expts}")
+        hist = routing_data.expt_hist
+        if hist is not None and hist.numel() != n_expts:
+            raise ValueError(f"matmul_ogs: `routing_data.expt_hist` has {hist.numel()} entries, expected {n_expts}")
+        if gather_indx is not None:
+            gather = gather_indx.src_indx
+            if gather.device != dev:
+                raise ValueError(f"matmul_ogs: `gather_indx` is on {gather.device}, `x` on {dev}")
+            rows = gather.shape[0]
+        else:
+            rows = x.shape[0]
+        if scatter_indx is not None:
+            scatter = scatter_indx.src_indx
+            if scatter.device != dev:
+                raise ValueError(f"matmul_ogs: `scatter_indx` is on {scatter.device}, `x` on {dev}")
+            if scatter.shape[0] % n_expts_act:
+                raise ValueError(f"matmul_ogs: `scatter_indx` has {scatter.shape[0]} slots, not a multiple of k={n_expts_act}")
+            n_tokens = scatter.shape[0] // n_expts_act
+        batch = 1
+        out_shape = (n_tokens, n_out) if scatter is not None else (rows, n_out)
+    else:
+        if gather_indx is not None or scatter_indx is not None:
+            raise ValueError("matmul_ogs: `gather_indx` / `scatter_indx` need `routing_data`")
+        rows = x.shape[-2]
+        if x.dim() == 3:
+            batch = x.shape[0]
+            if wop.n_experts is not None and wop.n_experts not in (1, batch):
+                raise ValueError(f"matmul_ogs: batched `x` has {batch} batches but `w` has {wop.n_experts}")
+            out_shape = (batch, rows, n_out)
+        else:
+            batch = 1
+            if wop.n_experts not in (None, 1):
+                raise ValueError(f"matmul_ogs: 2-D `x` needs a 2-D `w` (or routing_data), got w with {wop.n_experts} experts")
+            out_shape = (rows, n_out)
+    groups = wop.n_experts if wop.n_experts is not None else 1
+
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+            raise TypeError("matmul_ogs: `bias` must be a floating-point torch.Tensor or None")
+        if bias.device != dev:
+            raise ValueError(f"matmul_ogs: `bias` is on {bias.device}, `x` on {dev}")
+        ok = (bias.dim() == 2 and tuple(bias.shape) == (groups, n)) or (bias.dim() == 1 and bias.shape[0] == n
+                                                                           and (groups == 1 or not routed))
+        if not ok:
+            raise ValueError(f"matmul_ogs: `bias` must be [{groups}, {n}]" + ("" if routed else f" or [{n}]")
+                             + f", got {tuple(bias.shape)}")
+    for name, v in (("betas", betas), ("gammas", gammas)):
+        if v is None:
+            continue
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise TypeError(f"matmul_ogs: `{name}` must be a floating-point torch.Tensor or None")
+        if v.device != dev:
+            raise ValueError(f"matmul_ogs: `{name}` is on {v.device}, `x` on {dev}")
+        if x.dim() == 3 and not routed:
+            raise ValueError(f"matmul_ogs: `{name}` is not supported for batched x")
+        if v.dim() != 1 or v.shape[0] != rows:
+            raise ValueError(f"matmul_ogs: `{name}` must be 1-D with {rows} entries (one per row), got {tuple(v.shape)}")
+
+    out_dtype = pc.out_dtype or x.dtype
+    if y is not None:
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"matmul_ogs: `y` must be a torch.Tensor, got {type(y).__name__}")
+        if y.device != dev:
+            raise ValueError(f"matmul_ogs: `y` is on {y.device}, `x` on {dev}")
+        if tuple(y.shape) != tuple(out_shape):
+            raise ValueError(f"matmul_ogs: `y` must have shape {tuple(out_shape)}, got {tuple(y.shape)}")
+        if not y.is_floating_point():
+            raise TypeError(f"matmul_ogs: `y` must be floating point, got {y.dtype}")
+        out_dtype = y.dtype
+    return _Problem(x, wop, ws, k, n, n_out, batch, rows, routed, n_expts_act, gather, scatter, n_tokens,
+                    out_dtype, tuple(out_shape), act_fn, act_torch, act_args, red)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton path
+
+
+def _expt_data(routing_data, n_rows: int):
+    expt_data = getattr(routing_data, "expt_data", None)
+    if expt_data is None:
+        from .routing import compute_expt_data
+        expt_data = compute_expt_data(routing_data.expt_hist, routing_data.n_expts_tot, n_rows)
+    return expt_data
+
+
+def _block_pid_map(expt_data, block_m: int) -> torch.Tensor:
+    table = expt_data.block_pid_map
+    try:
+        return table[block_m]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"matmul_ogs: `routing_data.expt_data.block_pid_map` has no entry for block_m={block_m}") from None
+
+
+def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
+    x = p.x
+    routed_rows_per_group = p.rows / max(1, p.w.n_experts or 1) if p.routed else p.rows
+    if routing_data is not None and getattr(routing_data, "expected_tokens_per_expt", None):
+        routed_rows_per_group = routing_data.expected_tokens_per_expt
+    cfg = config or choose_config(routed_rows_per_group, p.n, p.k, p.ws is not None, p.reduction_n)
+    if cfg.block_n % (2 * p.reduction_n):
+        raise ValueError(f"matmul_ogs: block_n={cfg.block_n} must be a multiple of 2*reduction_n")
+
+    if p.scatter is not None:
+        inter = torch.empty((p.rows, p.n_out), dtype=torch.float32 if p.out_dtype == torch.float32 else p.out_dtype,
+                            device=x.device)
+        out = inter
+    else:
+        out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
+
+    if p.routed:
+        expt_data = _expt_data(routing_data, p.rows)
+        block_pid_map = _block_pid_map(expt_data, cfg.block_m)
+        token_offs = expt_data.token_offs_raw
+        n_tiles_m = block_pid_map.shape[0]
+    else:
+        block_pid_map = token_offs = out
+        n_tiles_m = triton.cdiv(p.rows, cfg.block_m)
+
+    out3 = out if out.dim() == 3 else out.unsqueeze(0)
+    x3 = x if x.dim() == 3 else x.unsqueeze(0)
+    wa, sa = p.w.addressing, (p.ws.addressing if p.ws is not None else None)
+    if bias is not None:
+        stride_bias_e = bias.stride(0) if bias.dim() == 2 and bias.shape[0] > 1 else 0
+    n_tiles_n = triton.cdiv(p.n, cfg.block_n)
+    args = list(p.act_args) + [None] * (_MAX_FN_ARGS - len(p.act_args))
+    grid = (n_tiles_m * n_tiles_n, p.batch)
+    if n_tiles_m and n_tiles_n and p.batch:
+        _matmul_ogs_kernel[grid](
+            out3, out3.stride(0), out3.stride(1), out3.stride(2),
+            x3, x3.stride(0) if p.batch > 1 else 0, x3.stride(1), x3.stride(2),
+            p.w.data, wa.stride_e if p.w.n_experts not in (None, 1) or p.routed else 0,
+            wa.stride_k_group, wa.stride_k_inner, wa.stride_n,
+            p.ws.data if p.ws is not None else x, sa.stride_e if sa is not None and (p.ws.n_experts not in (None, 1) or p.routed) else 0,
+            sa.stride_k_group if sa else 0, sa.stride_k_inner if sa else 0, sa.stride_n if sa else 0,
+            bias if bias is not None else x, stride_bias_e if bias is not None else 0,
+            betas if betas is not None else x, gammas if gammas is not None else x,
+            float(out_alpha) if out_alpha is not None else 1.0,
+            p.gather if p.gather is not None else token_offs, token_offs, block_pid_map,
+            p.rows, p.n, p.k, p.n_expts_act, n_tiles_m,
+            *args,
+            ACT_FN=p.act_fn, N_ACT_ARGS=len(p.act_args), REDUCTION_N=p.reduction_n,
+            W_MX=p.ws is not None, W_KG=wa.k_group, WS_KG=sa.k_group if sa else 1,
+            ROUTED=p.routed, GATHER=p.gather is not None,
+            HAS_BIAS=bias is not None, HAS_BETAS=betas is not None, HAS_GAMMAS=gammas is not None,
+            HAS_ALPHA=out_alpha is not None,
+            DOT_F32=target_info.get_target().interpreter,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    if p.scatter is None:
+        return out
+    y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
+    if p.n_tokens and p.n_out:
+        block_t, block_n = (16, 64) if target_info.get_target().interpreter else (8, 512)
+        grid = (triton.cdiv(p.n_tokens, block_t), triton.cdiv(p.n_out, block_n))
+        _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(0), inter.stride(1),
+                                  p.scatter, p.n_tokens, p.n_out, N_EXPTS_ACT=p.n_expts_act,
+                                  BLOCK_T=block_t, BLOCK_N=block_n, num_warps=4)
+    return y_out
+
+
+def matmul_ogs(x, w, bias, routing_data=None, gather_indx=None, scatter_indx=None, precision_config=None,
+               betas=None, gammas=None, out_alpha=None, y=None, fused_activation=None, epilogue=None,
+               *, config: MatmulConfig | None = None):
+    """See the module docstring. `config` (keyword only) overrides the launch config (benchmarks, tests)."""
+    p = _check(x, w, bias, routing_data, gather_indx, scatter_indx, precision_config, betas, gammas, y,
+               fused_activation, epilogue)
+    if not target_info.runs_triton(x.device):
+        target_info.warn_fallback("matmul_ogs")
+        return _reference(p, bias, routing_data, betas, gammas, out_alpha, y, torch.float32)
+    return _launch(p, bias, routing_data, betas, gammas, out_alpha, y, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch reference
+
+
+def _reference(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, accum_dtype):
+    x = p.x
+    dev = x.device
+    if p.act_torch is None:
+        raise ValueError("matmul_ogs_torch: `fused_activation.specs.torch_fn` is needed to run this activation in torch")
+
+    def weight(e):
+        return _ops.dequantize_expert(p.w, p.ws, e, accum_dtype)
+
+    def finish(acc, rows_slice, e):
+        if bias is not None:
+            b = (bias[e] if bias.dim() == 2 and bias.shape[0] > 1 else bias.reshape(-1)).to(accum_dtype)
+            acc = acc + b[None, :] * (betas[rows_slice].to(accum_dtype)[:, None] if betas is not None else 1)
+        if out_alpha is not None:
+            acc = acc * out_alpha
+        out = p.act_torch(acc, *p.act_args)
+        if gammas is not None:
+            out = out * gammas[rows_slice].to(accum_dtype)[:, None]
+        return out
+
+    if not p.routed:
+        x3 = x if x.dim() == 3 else x.unsqueeze(0)
+        outs = []
+        for b in range(p.batch):
+            e = b if p.w.n_experts not in (None, 1) else 0
+            acc = x3[b].to(accum_dtype) @ weight(e)
+            outs.append(finish(acc, slice(0, p.rows), b if bias is not None and bias.dim() == 2 and bias.shape[0] > 1 else 0))
+        res = torch.stack(outs).reshape(p.out_shape)
+    else:
+        n_expts = routing_data.n_expts_tot
+        hist = routing_data.expt_hist.to(torch.int64).cpu()
+        offs = [0] + torch.cumsum(hist, 0).tolist()
+        res = torch.zeros((p.rows, p.n_out), dtype=accum_dtype, device=dev)
+        for e in range(n_expts):
+            lo, hi = offs[e], offs[e + 1]
+            if hi <= lo:
+                continue
+            if p.gather is not None:
+                src = p.gather[lo:hi].to(torch.int64)
+                xe = torch.where((src >= 0)[:, None], x[(src.clamp(min=0) // p.n_expts_act)], 0).to(accum_dtype)
+            else:
+                xe = x[lo:hi].to(accum_dtype)
+            res[lo:hi] = finish(xe @ weight(e), slice(lo, hi), e)
+        if p.scatter is not None:
+            slot_rows = p.scatter.to(torch.int64).reshape(p.n_tokens, p.n_expts_act)
+            valid = slot_rows >= 0
+            picked = res[slot_rows.clamp(min=0)] * valid[..., None]
+            res = picked.sum(dim=1)
+    res = res.to(p.out_dtype)
+    if y is not None:
+        y.copy_(res)
+        return y
+    return res
+
+
+def matmul_ogs_torch(x, w, bias, routing_data=None, gather_indx=None, scatter_indx=None, precision_config=None,
+                     betas=None, gammas=None, out_alpha=None, y=None, fused_activation=None, epilogue=None,
+                     *, accum_dtype: torch.dtype = torch.float32):
+    """Reference of `matmul_ogs` (same arguments): loops over experts, dequantizing only the experts in use,
+    and accumulates in `accum_dtype` (float32, or float64 for checks)."""
+    p = _check(x, w, bias, routing_data, gather_indx, scatter_indx, precision_config, betas, gammas, y,
+               fused_activation, epilogue)
+    return _reference(p, bias, routing_data, betas, gammas, out_alpha, y, accum_dtype)

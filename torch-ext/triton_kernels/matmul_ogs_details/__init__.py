@@ -1,0 +1,1 @@
+"""Triton kernels, launch configs and torch reference helpers behind `matmul_ogs`."""

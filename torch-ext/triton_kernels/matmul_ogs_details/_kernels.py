@@ -1,0 +1,199 @@
+"""Triton kernels of matmul_ogs: one grouped/ragged matmul kernel and a deterministic top-k reduce.
+
+Weights are read through the addressing formula every layout exposes (see
+tensor_details.layout.OperandAddressing): element (e, k, n) lives at
+    e*stride_e + (k // G)*stride_k_group + (k % G)*stride_k_inner + n*stride_n
+where k is the packed byte row (FP4 values), the MX block row (scales) or the element row (dense
+weights), and G is a power of two (a constexpr, so the division is a shift).
+
+MXFP4 is upcast in registers: the packed byte tile [BLOCK_K/2, BLOCK_N] is split into its low
+nibbles (even K) and high nibbles (odd K); each nibble is decoded arithmetically (no table in
+memory), scaled by 2^(scale-127) built from the exponent bits, and cast to the activation dtype.
+The activation tile is de-interleaved the same way, so the dot runs as two half-K dots
+(even K against the low nibbles, odd K against the high nibbles) without shuffling weights.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# 2 * |E2M1| for magnitude codes 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6), four bits each, code 0 lowest:
+# 0xC8643210 as a signed int32 (the arithmetic shift's sign bits are masked off after the shift).
+_E2M1_TWICE_PACKED: tl.constexpr = tl.constexpr(0xC8643210 - (1 << 32))
+
+
+@triton.jit
+def _e2m1_twice(code):
+    """Nibble (int32, 0..15) -> 2 * its E2M1 value, exactly, as float32."""
+    mag = code & 7
+    twice = (_E2M1_TWICE_PACKED >> (mag * 4)) & 15
+    twice = tl.where(code >= 8, -twice, twice)
+    return twice.to(tl.float32)
+
+
+@triton.jit
+def _e8m0_half(s):
+    """E8M0 scale byte (int32) -> 2^(s - 127) / 2 as float32 (the 1/2 undoes _e2m1_twice); 255 -> NaN."""
+    bits = tl.where(s == 0, 0x00200000, (s - 1) << 23)  # s == 0: 2^-128 is a float32 subnormal
+    bits = tl.where(s == 1, 0x00400000, bits)  # s == 1: 2^-127 likewise
+    bits = tl.where(s == 255, 0x7FC00000, bits)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _swizzle_tile(pid, n_tiles_m, n_tiles_n, GROUP_M: tl.constexpr):
+    """Walk GROUP_M row tiles across every column tile before moving on (rows re-read from L2)."""
+    tiles_per_group = GROUP_M * n_tiles_n
+    group = pid // tiles_per_group
+    first_m = group * GROUP_M
+    group_size = tl.minimum(n_tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % tiles_per_group) % group_size
+    pid_n = (pid % tiles_per_group) // group_size
+    return pid_m, pid_n
+
+
+@triton.jit
+def _matmul_ogs_kernel(
+    Y, stride_y_b, stride_y_m, stride_y_n,
+    X, stride_x_b, stride_x_m, stride_x_k,
+    W, stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
+    WS, stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
+    Bias, stride_bias_e,
+    Betas, Gammas, out_alpha,
+    GatherIndx, TokenOffs, BlockPidMap,
+    M, N, K, n_expts_act, n_tiles_m,
+    act_arg0, act_arg1, act_arg2, act_arg3,
+    ACT_FN: tl.constexpr, N_ACT_ARGS: tl.constexpr, REDUCTION_N: tl.constexpr,
+    W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
+    ROUTED: tl.constexpr, GATHER: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BETAS: tl.constexpr, HAS_GAMMAS: tl.constexpr, HAS_ALPHA: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    n_tiles_n = tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
+    pid_b = tl.program_id(1).to(tl.int64)
+
+    if ROUTED:
+        packed = tl.load(BlockPidMap + pid_m)
+        if packed == -1:
+            return
+        expt = packed & 0xFFFF
+        block = packed >> 16
+        row_start = tl.load(TokenOffs + expt)
+        row_end = tl.load(TokenOffs + expt + 1)
+        offs_m = row_start + block * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < row_end
+        expt = expt.to(tl.int64)
+    else:
+        expt = pid_b
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+
+    if GATHER:
+        src = tl.load(GatherIndx + offs_m, mask=mask_m, other=-1)
+        mask_x = mask_m & (src >= 0)
+        x_rows = tl.where(mask_x, src // n_expts_act, 0)
+    else:
+        mask_x = mask_m
+        x_rows = tl.where(mask_m, offs_m, 0)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_n_safe = tl.where(mask_n, offs_n, 0).to(tl.int64)
+
+    x_ptrs = X + pid_b * stride_x_b + x_rows.to(tl.int64)[:, None] * stride_x_m
+    w_base = W + expt * stride_w_e + offs_n_safe[None, :] * stride_w_n
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptrs + offs_k[None, :] * stride_x_k, mask=mask_x[:, None] & (offs_k < K)[None, :], other=0.0)
+        if W_MX:
+            offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            w_off = (offs_kp // W_KG).to(tl.int64) * stride_w_kg + (offs_kp % W_KG) * stride_w_ki
+            packed_w = tl.load(w_base + w_off[:, None], mask=(offs_kp < K // 2)[:, None] & mask_n[None, :], other=0)
+            offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            s_off = (offs_ks // WS_KG).to(tl.int64) * stride_ws_kg + (offs_ks % WS_KG) * stride_ws_ki
+            s_ptrs = WS + expt * stride_ws_e + s_off[:, None] + offs_n_safe[None, :] * stride_ws_n
+            s = tl.load(s_ptrs, mask=(offs_ks < K // 32)[:, None] & mask_n[None, :], other=0).to(tl.int32)
+            scale = _e8m0_half(s)[:, None, :]
+            packed_w = packed_w.to(tl.int32)
+            w_lo = tl.reshape(_e2m1_twice(packed_w & 15), (BLOCK_K // 32, 16, BLOCK_N))
+            w_hi = tl.reshape(_e2m1_twice(packed_w >> 4), (BLOCK_K // 32, 16, BLOCK_N))
+            w_lo = tl.reshape(w_lo * scale, (BLOCK_K // 2, BLOCK_N))
+            w_hi = tl.reshape(w_hi * scale, (BLOCK_K // 2, BLOCK_N))
+            x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
+            if DOT_F32:
+                acc = tl.dot(x_even.to(tl.float32), w_lo, acc)
+                acc = tl.dot(x_odd.to(tl.float32), w_hi, acc)
+            else:
+                acc = tl.dot(x_even, w_lo.to(x.dtype), acc)
+                acc = tl.dot(x_odd, w_hi.to(x.dtype), acc)
+        else:
+            w_off = (offs_k // W_KG).to(tl.int64) * stride_w_kg + (offs_k % W_KG) * stride_w_ki
+            w = tl.load(w_base + w_off[:, None], mask=(offs_k < K)[:, None] & mask_n[None, :], other=0.0)
+            if DOT_F32:
+                acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc)
+            else:
+                acc = tl.dot(x, w.to(x.dtype), acc)
+
+    if HAS_BIAS:
+        bias = tl.load(Bias + expt * stride_bias_e + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if HAS_BETAS:
+            betas = tl.load(Betas + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+            acc += bias[None, :] * betas[:, None]
+        else:
+            acc += bias[None, :]
+    if HAS_ALPHA:
+        acc *= out_alpha
+    if N_ACT_ARGS == 0:
+        out = ACT_FN(acc)
+    elif N_ACT_ARGS == 1:
+        out = ACT_FN(acc, act_arg0)
+    elif N_ACT_ARGS == 2:
+        out = ACT_FN(acc, act_arg0, act_arg1)
+    elif N_ACT_ARGS == 3:
+        out = ACT_FN(acc, act_arg0, act_arg1, act_arg2)
+    else:
+        out = ACT_FN(acc, act_arg0, act_arg1, act_arg2, act_arg3)
+    if HAS_GAMMAS:
+        gammas = tl.load(Gammas + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        out = out * gammas[:, None]
+
+    OUT_N: tl.constexpr = BLOCK_N // REDUCTION_N
+    offs_yn = pid_n * OUT_N + tl.arange(0, OUT_N)
+    y_ptrs = Y + pid_b * stride_y_b + offs_m.to(tl.int64)[:, None] * stride_y_m + offs_yn[None, :] * stride_y_n
+    tl.store(y_ptrs, out.to(Y.dtype.element_ty), mask=mask_m[:, None] & (offs_yn < N // REDUCTION_N)[None, :])
+
+
+@triton.jit
+def identity_fn(x):
+    return x
+
+
+@triton.jit
+def _topk_reduce_kernel(
+    Y, stride_y_m, stride_y_n,
+    Inter, stride_i_m, stride_i_n,
+    SlotToRow, n_tokens, N,
+    N_EXPTS_ACT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """y[t] = sum over j < k of inter[slot_to_row[t*k + j]], skipping -1 (slot not computed here).
+
+    Each output element is summed in a fixed order by one program: deterministic, unlike atomics.
+    """
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_t = offs_t < n_tokens
+    mask_n = offs_n < N
+    acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
+    for j in tl.static_range(N_EXPTS_ACT):
+        row = tl.load(SlotToRow + offs_t.to(tl.int64) * N_EXPTS_ACT + j, mask=mask_t, other=-1)
+        valid = row >= 0
+        row = tl.where(valid, row, 0).to(tl.int64)
+        v = tl.load(Inter + row[:, None] * stride_i_m + offs_n[None, :] * stride_i_n,
+                    mask=valid[:, None] & mask_n[None, :], other=0.0)
+        acc += v.to(tl.float32)
+    y_ptrs = Y + offs_t.to(tl.int64)[:, None] * stride_y_m + offs_n[None, :] * stride_y_n
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=mask_t[:, None] & mask_n[None, :])

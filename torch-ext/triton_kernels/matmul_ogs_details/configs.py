@@ -1,0 +1,70 @@
+"""Launch configurations for the matmul_ogs kernel, chosen from the probe's variant and the shape.
+
+The tables are starting points written without per-shape autotuning; `benchmarks/bench_matmul.py
+--sweep` times the alternatives on the GPU so that the tables can be re-tuned from measurements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .. import target_info
+
+# Tile heights that routing precomputes an ExptData.block_pid_map for.
+ROUTED_BLOCK_M = (16, 32, 64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int  # M tiles walked together before moving to the next N tile (L2 reuse of x)
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_k", "group_m"):
+            value = getattr(self, name)
+            if value <= 0 or value & (value - 1):
+                raise ValueError(f"MatmulConfig: `{name}` must be a positive power of two, got {value}")
+        if self.block_k < 32:
+            raise ValueError(f"MatmulConfig: `block_k` must be at least 32 (one MX block), got {self.block_k}")
+
+
+def _block_m_for(rows_per_group: float) -> int:
+    for bm in ROUTED_BLOCK_M:
+        if rows_per_group <= bm:
+            return bm
+    return ROUTED_BLOCK_M[-1]
+
+
+def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, reduction_n: int = 1,
+                  variant: str | None = None, interpreter: bool | None = None) -> MatmulConfig:
+    """Pick a config for `rows_per_group` rows sharing one weight matrix (tokens per expert, or M).
+
+    The decode end (few rows per expert) is weight-bandwidth bound: wide K steps, narrow N so that
+    enough CTAs stream the weights. The prefill end is MMA bound: 128-row tiles (wgmma on Hopper)
+    and grouped tile order so that gathered activations are re-read from L2.
+    """
+    target = target_info.get_target()
+    variant = target.variant if variant is None else variant
+    interpreter = target.interpreter if interpreter is None else interpreter
+    block_m = _block_m_for(rows_per_group)
+    min_n = 2 * reduction_n
+    if interpreter:
+        # Small tiles keep the interpreter (numpy per op) fast.
+        return MatmulConfig(block_m=min(block_m, 16), block_n=max(16, min_n), block_k=64 if weight_is_mx else 32,
+                            group_m=2, num_warps=4, num_stages=1)
+    if variant in ("hopper", "blackwell"):
+        if block_m <= 16:
+            return MatmulConfig(block_m, 64, 256 if weight_is_mx else 128, 1, 4, 4)
+        if block_m <= 32:
+            return MatmulConfig(block_m, 64, 256 if weight_is_mx else 128, 4, 4, 4)
+        if block_m <= 64:
+            return MatmulConfig(block_m, 128, 128 if weight_is_mx else 64, 8, 4, 3)
+        return MatmulConfig(128, 128, 128 if weight_is_mx else 64, 8, 8, 3)
+    # Ampere / Ada / Turing: smaller shared memory, mma.sync.
+    if block_m <= 32:
+        return MatmulConfig(block_m, 64, 128, 4, 4, 3)
+    return MatmulConfig(block_m, 128, 64, 8, 4, 3 if variant == "ampere" else 2)

@@ -1,0 +1,1 @@
+"""Triton kernel behind the standalone `swiglu`."""
