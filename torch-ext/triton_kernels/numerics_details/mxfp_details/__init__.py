@@ -1,0 +1,1 @@
+"""Triton kernels for `numerics_details.mxfp` (one module per kernel)."""
