@@ -1,0 +1,484 @@
+"""matmul_ogs: Triton kernel (interpreted here, compiled on the GPU) against matmul_ogs_torch, and
+matmul_ogs_torch against an independent float64 einsum on dequantized weights."""
+
+import itertools
+import types
+import warnings
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from triton_kernels import target_info
+from triton_kernels.matmul_ogs import (Epilogue, FnSpecs, FusedActivation, MatmulConfig, PrecisionConfig,
+                                       matmul_ogs, matmul_ogs_torch)
+from triton_kernels.swiglu import swiglu_fn
+
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+                    dtype=torch.float64)
+ALPHA, LIMIT = 1.702, 7.0
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def routing_for(n_tokens, n_expts, k, seed, local=None, device="cpu"):
+    """(RoutingData, GatherIndx, ScatterIndx, expert ids [T, k]) with the SPEC section 4 semantics.
+
+    `local=(lo, hi)`: expert parallelism, only experts lo..hi-1 live here (others get -1)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n_tokens, n_expts, generator=g)
+    if n_expts > 2:  # leave one expert without tokens
+        logits[:, 1] = -1e4
+    try:
+        from triton_kernels import routing as R
+        routing_torch = R.routing_torch
+    except (ImportError, AttributeError):
+        routing_torch = None
+    if routing_torch is not None and local is None:
+        rd, gi, si = routing_torch(logits.to(device), k)
+        expts = torch.topk(logits, k, dim=1).indices.sort(dim=1).values
+        return rd, gi, si, expts
+    vals, expts = torch.topk(logits, k, dim=1)
+    expts, order = expts.sort(dim=1)
+    gates = torch.softmax(vals, dim=1).gather(1, order).reshape(-1)
+    flat = expts.reshape(-1).clone()
+    lo, hi = local if local is not None else (0, n_expts)
+    key = torch.where((flat >= lo) & (flat < hi), flat - lo, hi - lo + 1)
+    topk_indx = torch.argsort(key, stable=True)
+    gate_indx = torch.argsort(topk_indx)
+    n_local = hi - lo
+    hist = torch.bincount(key[key <= n_local - 1], minlength=n_local)[:n_local]
+    mine = key < n_local
+    gate_indx = torch.where(mine, gate_indx, -1)
+    topk_indx = torch.where(torch.arange(flat.numel()) < hist.sum(), topk_indx, -1)
+    gate_scal = gates[topk_indx.clamp(min=0)]
+    offs = torch.zeros(n_local + 1, dtype=torch.int32)
+    offs[1:] = torch.cumsum(hist, 0)
+    bpm = {}
+    for bm in (16, 32, 64, 128):
+        tiles = [(b << 16) | e for e in range(n_local) for b in range(-(-int(hist[e]) // bm))]
+        bound = flat.numel() // bm + n_local
+        bpm[bm] = torch.tensor(tiles + [-1] * (bound - len(tiles)), dtype=torch.int32)
+    ed = types.SimpleNamespace(hist=hist.int(), token_offs_raw=offs, token_offs_pad=None, block_pid_map=bpm)
+    rd = types.SimpleNamespace(gate_scal=gate_scal, expt_hist=hist.int(), n_expts_tot=n_local, n_expts_act=k,
+                               expt_data=ed, expected_tokens_per_expt=None)
+    gi = types.SimpleNamespace(src_indx=topk_indx.int(), dst_indx=gate_indx.int())
+    si = types.SimpleNamespace(src_indx=gate_indx.int(), dst_indx=topk_indx.int())
+    return (*to_device(rd, gi, si, device), expts)
+
+
+def to_device(rd, gi, si, device):
+    def mv(ns):
+        out = types.SimpleNamespace(**vars(ns)) if isinstance(ns, types.SimpleNamespace) else ns
+        if isinstance(ns, types.SimpleNamespace):
+            for key, v in vars(ns).items():
+                if isinstance(v, torch.Tensor):
+                    setattr(out, key, v.to(device))
+                elif isinstance(v, dict):
+                    setattr(out, key, {kk: vv.to(device) for kk, vv in v.items()})
+                elif isinstance(v, types.SimpleNamespace):
+                    setattr(out, key, mv(v))
+        return out
+    if device == "cpu" or not isinstance(rd, types.SimpleNamespace):
+        return rd, gi, si
+    return mv(rd), mv(gi), mv(si)
+
+
+def mx_weight(n_expts, k, n, seed, device):
+    """Random MXFP4 weight: packed codes [E, K/2, N] (stride 1 along K/2, as transformers passes them) and
+    scales [E, K/32, N] (stride 1 along K/32)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 256, (n_expts, n, k // 2), generator=g, dtype=torch.uint8).transpose(1, 2)
+    scales = torch.randint(118, 125, (n_expts, n, k // 32), generator=g, dtype=torch.uint8).transpose(1, 2)
+    return codes.to(device), scales.to(device)
+
+
+def dequant_reference(codes, scales):
+    """float64 [E, K, N] from packed codes [E, K/2, N] and scales [E, K/32, N]: the plain definition."""
+    c = codes.cpu().long()
+    w = torch.stack((E2M1[c & 15], E2M1[c >> 4]), dim=2).reshape(c.shape[0], 2 * c.shape[1], c.shape[2])
+    s = torch.exp2(scales.cpu().double() - 127).repeat_interleave(32, dim=1)
+    return w * s
+
+
+def layouts_available():
+    try:
+        from triton_kernels.tensor import FP4, convert_layout, wrap_torch_tensor  # noqa: F401
+        from triton_kernels.tensor_details import layout  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def as_weight(codes, scales, layout_name):
+    """The MXFP4 weight in the given layout: 'raw' (uint8 torch tensors), or wrapped via the tensor API."""
+    if layout_name == "raw":
+        return codes, scales
+    if not layouts_available():
+        pytest.skip("tensor / tensor_details.layout not available yet")
+    from triton_kernels.tensor import FP4, convert_layout, wrap_torch_tensor
+    from triton_kernels.tensor_details import layout
+    w = wrap_torch_tensor(codes, dtype=FP4)
+    s = convert_layout(wrap_torch_tensor(scales), layout.StridedLayout)
+    if layout_name == "strided":
+        w = convert_layout(w, layout.StridedLayout)
+    elif layout_name == "default":
+        cls, opts = layout.make_default_matmul_mxfp4_w_layout(mx_axis=1)
+        w = convert_layout(w, cls, **opts)
+    elif layout_name == "hopper":
+        w = convert_layout(w, layout.HopperMXValueLayout, mx_axis=1)
+        s = convert_layout(wrap_torch_tensor(scales), layout.HopperMXScaleLayout, mx_axis=1, num_warps=8)
+    elif layout_name == "blackwell":
+        s = convert_layout(wrap_torch_tensor(scales), layout.BlackwellMXScaleLayout)
+    else:
+        raise AssertionError(layout_name)
+    return w, s
+
+
+SWIGLU = FusedActivation(FnSpecs("swiglu", swiglu_fn, ("alpha", "limit")), (ALPHA, LIMIT), 2)
+
+
+def swiglu64(a):
+    gate = a[..., 0::2].clamp(max=LIMIT)
+    lin = a[..., 1::2].clamp(-LIMIT, LIMIT)
+    return gate * torch.sigmoid(ALPHA * gate) * (lin + 1)
+
+
+def independent_routed(x, w64, bias, expts, gi, si, rd, gather, scatter, act, gammas):
+    """float64 einsum over gathered per-row weights; no code shared with matmul_ogs_torch."""
+    k = rd.n_expts_act
+    hist = rd.expt_hist.cpu().long()
+    row_expt = torch.repeat_interleave(torch.arange(hist.numel()), hist)
+    n_rows = row_expt.numel()
+    if gather:
+        xr = x.cpu().double()[gi.src_indx.cpu().long()[:n_rows] // k]
+    else:
+        xr = x.cpu().double()[:n_rows]
+    out = torch.einsum("rk,rkn->rn", xr, w64[row_expt])
+    if bias is not None:
+        out = out + bias.cpu().double()[row_expt]
+    if act:
+        out = swiglu64(out)
+    if gammas is not None:
+        out = out * gammas.cpu().double()[:n_rows, None]
+    if not scatter:
+        return out
+    slots = si.dst_indx.cpu().long()[:n_rows]
+    y = torch.zeros(si.src_indx.numel() // k, out.shape[1], dtype=torch.float64)
+    y.index_add_(0, slots // k, out)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# the combination matrix (interpreted at small sizes on the CPU)
+
+
+def run_routed(device, gather, scatter, epi, act, wdtype, layout_name, n_tokens=9, n_expts=4, k=2, kdim=64,
+               n=64, local=None, seed=0):
+    torch.manual_seed(seed)
+    rd, gi, si, expts = routing_for(n_tokens, n_expts if local is None else local[2], k, seed,
+                                    None if local is None else local[:2], device)
+    n_local = rd.n_expts_tot
+    n_rows = gi.src_indx.numel()
+    x = torch.randn(n_tokens if gather else n_rows, kdim, device=device).bfloat16()
+    if wdtype == "mxfp4":
+        codes, scales = mx_weight(n_local, kdim, n, seed + 1, device)
+        w, s = as_weight(codes, scales, layout_name)
+        w64 = dequant_reference(codes, scales)
+        pc = PrecisionConfig(weight_scale=s)
+    else:
+        w = (torch.randn(n_local, kdim, n, device=device) / kdim ** 0.5).bfloat16()
+        w64 = w.cpu().double()
+        pc = PrecisionConfig()
+    bias = torch.randn(n_local, n, device=device) if epi else None
+    gammas = rd.gate_scal.float() if epi else None
+    fa = SWIGLU if act else None
+    n_out = n // 2 if act else n
+    out_rows = n_tokens if scatter else n_rows
+    kwargs = dict(gather_indx=gi if gather else None, scatter_indx=si if scatter else None, precision_config=pc,
+                  gammas=gammas, fused_activation=fa)
+    y = torch.full((out_rows, n_out), float("nan"), dtype=torch.bfloat16, device=device)
+    out = matmul_ogs(x, w, bias, rd, y=y, **kwargs)
+    assert out is y
+    ref = matmul_ogs_torch(x, w, bias, rd, **kwargs)
+    return out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs)
+
+
+COMBOS = list(itertools.product([False, True], [False, True], [False, True], [False, True], ["bf16", "mxfp4"]))
+
+
+@pytest.mark.parametrize("gather,scatter,epi,act,wdtype", COMBOS)
+def test_routed_matches_reference(device, gather, scatter, epi, act, wdtype):
+    out, ref, _ = run_routed(device, gather, scatter, epi, act, wdtype, "raw")
+    assert not out.isnan().any(), "output not fully written"
+    assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.parametrize("layout_name", ["strided", "default", "hopper", "blackwell"])
+@pytest.mark.parametrize("gather,scatter,act", [(True, False, True), (False, True, False)])
+def test_routed_layouts_match_reference(device, layout_name, gather, scatter, act):
+    out, ref, _ = run_routed(device, gather, scatter, True, act, "mxfp4", layout_name, kdim=128, n=64)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.parametrize("gather,scatter,epi,act", [(True, False, True, True), (False, True, True, False),
+                                                    (True, True, False, True), (False, False, True, False)])
+def test_reference_matches_independent_float64(gather, scatter, epi, act):
+    out, _, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
+        "cpu", gather, scatter, epi, act, "mxfp4", "raw")
+    pc64 = PrecisionConfig(weight_scale=pc.weight_scale, out_dtype=torch.float64)
+    ref = matmul_ogs_torch(x, w, bias, rd, **{**kwargs, "precision_config": pc64}, accum_dtype=torch.float64)
+    ind = independent_routed(x, w64, bias, expts, gi, si, rd, gather, scatter, act, gammas)
+    if not scatter:
+        ref = ref[: ind.shape[0]]
+    assert ref.dtype == torch.float64
+    assert rel_err(ref, ind) <= 1e-12
+    assert rel_err(out, ind) <= 1e-2
+
+
+def test_expert_parallel_slots_elsewhere_are_skipped(device):
+    # 8 experts in total, experts 2..5 live here: slots routed elsewhere are -1 in the indices.
+    out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
+        device, True, True, True, False, "mxfp4", "raw", n_tokens=12, k=2, local=(2, 6, 8))
+    assert (si.src_indx == -1).any()
+    assert not out.isnan().any()
+    assert rel_err(out, ref) <= 1e-2
+    ind = independent_routed(x, w64, bias, expts, gi, si, rd, True, True, False, gammas)
+    assert rel_err(out, ind) <= 1e-2
+
+
+def test_out_alpha_betas_out_dtype(device):
+    torch.manual_seed(3)
+    rd, gi, si, _ = routing_for(8, 4, 2, 3, device=device)
+    x = torch.randn(8, 64, device=device).bfloat16()
+    codes, scales = mx_weight(4, 64, 32, 4, device)
+    pc = PrecisionConfig(weight_scale=scales, out_dtype=torch.float32)
+    bias = torch.randn(4, 32, device=device)
+    betas = torch.rand(16, device=device)
+    out = matmul_ogs(x, codes, bias, rd, gather_indx=gi, precision_config=pc, betas=betas, out_alpha=0.5)
+    assert out.dtype == torch.float32
+    ref = matmul_ogs_torch(x, codes, bias, rd, gather_indx=gi, precision_config=pc, betas=betas, out_alpha=0.5,
+                           accum_dtype=torch.float64)
+    assert rel_err(out, ref) <= 1e-4
+    # the definition: out_alpha * (x·W + bias * betas)
+    plain = matmul_ogs_torch(x, codes, None, rd, gather_indx=gi, precision_config=pc, accum_dtype=torch.float64)
+    hist = rd.expt_hist.cpu().long()
+    row_expt = torch.repeat_interleave(torch.arange(4), hist)
+    expected = 0.5 * (plain.cpu().double() + bias.cpu().double()[row_expt] * betas.cpu().double()[:, None])
+    assert rel_err(ref, expected) <= 1e-6  # ref is stored as float32 (out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# plain and batched
+
+
+@pytest.mark.parametrize("wdtype", ["bf16", "mxfp4"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_plain_and_batched(device, wdtype, batched):
+    torch.manual_seed(5)
+    b, m, k, n = 2, 19, 96, 48
+    x = torch.randn(*((b,) if batched else ()), m, k, device=device).bfloat16()
+    ne = b if batched else 1
+    if wdtype == "mxfp4":
+        codes, scales = mx_weight(ne, k, n, 6, device)
+        w, s = (codes, scales) if batched else (codes[0], scales[0])
+        w64 = dequant_reference(codes, scales)
+        pc = PrecisionConfig(weight_scale=s)
+    else:
+        w64 = torch.randn(ne, k, n, dtype=torch.float64) / k ** 0.5
+        w = w64.to(device=device, dtype=torch.bfloat16)
+        w64 = w.cpu().double()
+        w = w if batched else w[0]
+        pc = PrecisionConfig()
+    bias = torch.randn(*((b,) if batched else ()), n, device=device)
+    y = torch.full((*((b,) if batched else ()), m, n), float("nan"), dtype=torch.bfloat16, device=device)
+    out = matmul_ogs(x, w, bias, precision_config=pc, y=y)
+    assert not out.isnan().any()
+    ind = torch.einsum("bmk,bkn->bmn", x.cpu().double().reshape(ne, m, k), w64) + bias.cpu().double().reshape(ne, 1, n)
+    ref = matmul_ogs_torch(x, w, bias, precision_config=pc)
+    assert rel_err(out, ref) <= 1e-2
+    assert rel_err(ref.reshape(ind.shape), ind) <= 1e-2
+
+
+@triton.jit
+def scaled_relu(tile, slope):
+    return tl.where(tile > 0, tile, tile * slope)
+
+
+def test_user_activation(device):
+    torch.manual_seed(7)
+    x = torch.randn(20, 64, device=device).half()
+    w = (torch.randn(64, 32, device=device) / 8).half()
+    act = FusedActivation(FnSpecs("leaky", scaled_relu, ("slope",),
+                                  torch_fn=lambda t, slope: torch.where(t > 0, t, t * slope)), (0.25,), 1)
+    out = matmul_ogs(x, w, None, fused_activation=act)
+    assert out.dtype == torch.float16
+    expected = x.double() @ w.double()
+    expected = torch.where(expected > 0, expected, expected * 0.25)
+    assert rel_err(out, expected) <= 1e-2
+    assert rel_err(matmul_ogs_torch(x, w, None, fused_activation=act), expected) <= 1e-2
+    assert (out.double() < 0).any()  # the activation ran: negative values scaled, not clipped
+
+
+def test_config_override_and_k_tail(device):
+    torch.manual_seed(8)
+    # K = 96 is not a multiple of block_k = 64: the tail is masked
+    x = torch.randn(5, 96, device=device).bfloat16()
+    codes, scales = mx_weight(1, 96, 32, 9, device)
+    pc = PrecisionConfig(weight_scale=scales[0])
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=64, group_m=1, num_warps=4, num_stages=1)
+    out = matmul_ogs(x, codes[0], None, precision_config=pc, config=cfg)
+    ref = torch.einsum("mk,kn->mn", x.cpu().double(), dequant_reference(codes, scales)[0])
+    assert rel_err(out, ref) <= 1e-2
+
+
+def test_scale_255_gives_nan_and_zero_block(device):
+    x = torch.ones(2, 64, device=device).bfloat16()
+    codes = torch.full((32, 4), 0x22, dtype=torch.uint8, device=device)  # both nibbles 1.0
+    scales = torch.full((2, 4), 127, dtype=torch.uint8, device=device)
+    scales[1, 0] = 255
+    out = matmul_ogs(x, codes, None, precision_config=PrecisionConfig(weight_scale=scales))
+    assert out[:, 0].isnan().all()
+    torch.testing.assert_close(out[:, 1:].float(), torch.full((2, 3), 64.0, device=device))
+
+
+def test_cpu_fallback_warns_and_matches(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TRITON_KERNELS_VARIANT", "cpu")
+    target_info.reset()
+    try:
+        out, ref, _ = (None, None, None)
+        x = torch.randn(6, 64).bfloat16()
+        codes, scales = mx_weight(1, 64, 32, 1, "cpu")
+        pc = PrecisionConfig(weight_scale=scales[0])
+        with pytest.warns(RuntimeWarning, match="matmul_ogs: using the torch reference"):
+            out = matmul_ogs(x, codes[0], None, precision_config=pc)
+        assert rel_err(out, matmul_ogs_torch(x, codes[0], None, precision_config=pc)) == 0
+    finally:
+        target_info.reset()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_inputs():
+    x = torch.randn(4, 64).bfloat16()
+    codes, scales = mx_weight(2, 64, 32, 0, "cpu")
+    pc = PrecisionConfig(weight_scale=scales)
+    rd, gi, si, _ = routing_for(2, 2, 2, 0)
+    with pytest.raises(ValueError, match="K to be a multiple of 32"):
+        matmul_ogs(torch.randn(4, 48).bfloat16(), torch.zeros(2, 24, 32, dtype=torch.uint8), None, rd,
+                   precision_config=PrecisionConfig(weight_scale=torch.zeros(2, 1, 32, dtype=torch.uint8)))
+    with pytest.raises(ValueError, match="`w` has 2 experts but `routing_data` has n_expts_tot=3"):
+        bad = types.SimpleNamespace(**{**vars(rd), "n_expts_tot": 3})
+        matmul_ogs(x, codes, None, bad, precision_config=pc)
+    with pytest.raises(TypeError, match="`x` must be bfloat16 or float16"):
+        matmul_ogs(x.float(), codes, None, rd, precision_config=pc)
+    with pytest.raises(TypeError, match="`w` must be bfloat16/float16"):
+        matmul_ogs(x, torch.randn(2, 64, 32), None, rd)
+    with pytest.raises(ValueError, match="`x` is on cpu but `w` is on meta"):
+        matmul_ogs(x, torch.empty(2, 32, 32, dtype=torch.uint8, device="meta"), None, rd, precision_config=pc)
+    with pytest.raises(ValueError, match="`bias` is on meta"):
+        matmul_ogs(x, codes, torch.empty(2, 32, device="meta"), rd, precision_config=pc)
+    with pytest.raises(ValueError, match="weight_scale` is required for FP4"):
+        matmul_ogs(x, codes, None, rd)
+    with pytest.raises(ValueError, match="`w` must have K=64"):
+        matmul_ogs(x, torch.randn(2, 32, 32).bfloat16(), None, rd)
+    with pytest.raises(ValueError, match="weight_scale` must be"):
+        matmul_ogs(x, codes, None, rd, precision_config=PrecisionConfig(weight_scale=scales[:, :1]))
+    with pytest.raises(ValueError, match="`bias` must be \\[2, 32\\]"):
+        matmul_ogs(x, codes, torch.zeros(3, 32), rd, precision_config=pc)
+    with pytest.raises(ValueError, match="`gammas` must be 1-D with 4 entries"):
+        matmul_ogs(x, codes, None, rd, precision_config=pc, gammas=torch.ones(5))
+    with pytest.raises(ValueError, match="`y` must have shape"):
+        matmul_ogs(x, codes, None, rd, precision_config=pc, y=torch.empty(4, 33))
+    with pytest.raises(ValueError, match="reduction_n"):
+        matmul_ogs(x, codes, None, rd, precision_config=pc,
+                   fused_activation=FusedActivation(FnSpecs("s", swiglu_fn, ("a", "l")), (1.0, 1.0), 3))
+    with pytest.raises(TypeError, match="`fused_activation.specs.fn` must be a @triton.jit"):
+        matmul_ogs(x, codes, None, rd, precision_config=pc,
+                   fused_activation=FusedActivation(FnSpecs("s", lambda t: t), (), 1))
+    with pytest.raises(ValueError, match="`epilogue` with a function"):
+        matmul_ogs(x, codes, None, rd, precision_config=pc, epilogue=Epilogue(FnSpecs("e", swiglu_fn)))
+    with pytest.raises(ValueError, match="`gather_indx` / `scatter_indx` need `routing_data`"):
+        matmul_ogs(x, codes[0], None, gather_indx=gi, precision_config=PrecisionConfig(weight_scale=scales[0]))
+    with pytest.raises(ValueError, match="`routing_data.expt_data.block_pid_map` has no entry"):
+        ed = types.SimpleNamespace(**{**vars(rd.expt_data), "block_pid_map": {}})
+        matmul_ogs(x, codes, None, types.SimpleNamespace(**{**vars(rd), "expt_data": ed}), precision_config=pc)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU, gpt-oss sizes
+
+
+def moe_float64(x, logits, k, w1, b1, w2, b2):
+    """The MoE layer computed per token from the logits: sum_j g_j * (swiglu(x W1[e_j] + b1) W2[e_j] + b2)."""
+    vals, idx = torch.topk(logits.double(), k, dim=1)
+    gates = torch.softmax(vals, dim=1)
+    xd = x.double()
+    out = torch.zeros(x.shape[0], w2.shape[-1], dtype=torch.float64, device=x.device)
+    for j in range(k):
+        for e in idx[:, j].unique().tolist():
+            rows = (idx[:, j] == e).nonzero().squeeze(1)
+            h = swiglu64(xd[rows] @ w1[e] + b1[e].double())
+            h = h.to(torch.bfloat16).double()  # the kernel keeps the intermediate in bf16
+            out[rows] += gates[rows, j, None] * (h @ w2[e] + b2[e].double())
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n_expts", [32, 128])
+@pytest.mark.parametrize("n_tokens", [1, 7, 64, 512, 4096, 16384])
+@pytest.mark.parametrize("layout_name", ["raw", "default"])
+def test_gpu_moe_layer_gpt_oss(n_expts, n_tokens, layout_name):
+    from triton_kernels.routing import routing
+    device, hidden, inter, k = "cuda", 2880, 2880, 4
+    torch.manual_seed(n_tokens + n_expts)
+    x = torch.randn(n_tokens, hidden, device=device).bfloat16()
+    logits = torch.randn(n_tokens, n_expts, device=device)
+    logits[:, 3] = -1e4  # an expert without tokens
+    c1, s1 = mx_weight(n_expts, hidden, 2 * inter, 1, device)
+    c2, s2 = mx_weight(n_expts, inter, hidden, 2, device)
+    b1 = torch.randn(n_expts, 2 * inter, device=device)
+    b2 = torch.randn(n_expts, hidden, device=device)
+    w1, ws1 = as_weight(c1, s1, layout_name)
+    w2, ws2 = as_weight(c2, s2, layout_name)
+    rd, gi, si = routing(logits, k)
+    pc1, pc2 = PrecisionConfig(weight_scale=ws1), PrecisionConfig(weight_scale=ws2)
+    h = torch.full((n_tokens * k, inter), float("nan"), device=device, dtype=torch.bfloat16)
+    matmul_ogs(x, w1, b1, rd, gather_indx=gi, precision_config=pc1, fused_activation=SWIGLU, y=h)
+    assert not h.isnan().any()
+    h_ref = matmul_ogs_torch(x, w1, b1, rd, gather_indx=gi, precision_config=pc1, fused_activation=SWIGLU)
+    assert rel_err(h, h_ref) <= 1e-2
+    out = torch.full((n_tokens, hidden), float("nan"), device=device, dtype=torch.bfloat16)
+    matmul_ogs(h, w2, b2, rd, scatter_indx=si, precision_config=pc2, gammas=rd.gate_scal, y=out)
+    assert not out.isnan().any()
+    out_ref = matmul_ogs_torch(h, w2, b2, rd, scatter_indx=si, precision_config=pc2, gammas=rd.gate_scal)
+    assert rel_err(out, out_ref) <= 1e-2
+    if n_tokens <= 4096:
+        used = torch.topk(logits, k, dim=1).indices.unique()
+        w1d = torch.zeros(n_expts, hidden, 2 * inter, dtype=torch.float64, device=device)
+        w2d = torch.zeros(n_expts, inter, hidden, dtype=torch.float64, device=device)
+        for e in used.tolist():
+            w1d[e] = dequant_reference(c1[e:e + 1], s1[e:e + 1])[0].to(device)
+            w2d[e] = dequant_reference(c2[e:e + 1], s2[e:e + 1])[0].to(device)
+        assert rel_err(out, moe_float64(x, logits, k, w1d, b1, w2d, b2)) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gather,scatter,epi,act,wdtype", COMBOS)
+def test_gpu_combinations_medium(gather, scatter, epi, act, wdtype):
+    out, ref, _ = run_routed("cuda", gather, scatter, epi, act, wdtype, "raw", n_tokens=300, n_expts=32, k=4,
+                             kdim=2880, n=5760 if act else 2880)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) <= 1e-2
