@@ -482,3 +482,14 @@ def test_gpu_combinations_medium(gather, scatter, epi, act, wdtype):
                              kdim=2880, n=5760 if act else 2880)
     assert not out.isnan().any()
     assert rel_err(out, ref) <= 1e-2
+
+
+def test_flex_scales_are_refused_and_defaults_accepted():
+    from triton_kernels.matmul_ogs import FlexCtx, InFlexData
+    x = torch.randn(4, 64).bfloat16()
+    codes, scales = mx_weight(1, 64, 32, 0, "cpu")
+    pc = PrecisionConfig(weight_scale=scales[0], flex_ctx=FlexCtx(rhs_data=InFlexData()))  # what transformers passes
+    assert matmul_ogs(x, codes[0], None, precision_config=pc).shape == (4, 32)
+    bad = PrecisionConfig(weight_scale=scales[0], flex_ctx=FlexCtx(lhs_data=InFlexData(scale=torch.ones(1))))
+    with pytest.raises(ValueError, match="flex_ctx.lhs_data.scale` is not supported"):
+        matmul_ogs(x, codes[0], None, precision_config=bad)

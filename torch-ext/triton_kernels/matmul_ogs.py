@@ -62,21 +62,7 @@ from . import target_info
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
 from .matmul_ogs_details.configs import MatmulConfig, choose_config
-try:
-    from .numerics import InFlexData, OutFlexData
-except ImportError:  # TEMPORARY until numerics.py lands (another helper writes it); then this goes.
-    @dataclasses.dataclass(frozen=True)
-    class InFlexData:
-        dtype: Any = None
-        scale: Any = None
-
-    @dataclasses.dataclass(frozen=True)
-    class OutFlexData:
-        dtype: Any = None
-        expected_scale: Any = None
-        actual_scale: Any = None
-        checksum_scale: Any = None
-        scale: Any = None
+from .numerics import InFlexData, OutFlexData
 from .swiglu import swiglu_fn, swiglu_fn_torch
 
 __all__ = ["matmul_ogs", "matmul_ogs_torch", "PrecisionConfig", "FlexCtx", "InFlexData", "FnSpecs",
@@ -175,11 +161,13 @@ def _device_of(t) -> torch.device:
 def _check_flex(pc: PrecisionConfig) -> None:
     flex = pc.flex_ctx
     if flex is not None:
-        for side in ("lhs_data", "rhs_data", "out_data"):
+        for side, fields in (("lhs_data", ("scale",)), ("rhs_data", ("scale",)),
+                             ("out_data", ("expected_scale", "actual_scale", "checksum_scale"))):
             data = getattr(flex, side, None)
-            if data is not None and getattr(data, "scale", None) is not None:
-                raise ValueError(f"matmul_ogs: `precision_config.flex_ctx.{side}.scale` is not supported "
-                                 "(flexpoint scaling; activations are bf16/fp16)")
+            for field in fields:
+                if data is not None and getattr(data, field, None) is not None:
+                    raise ValueError(f"matmul_ogs: `precision_config.flex_ctx.{side}.{field}` is not supported "
+                                     "(flexpoint scaling; activations are bf16/fp16)")
     for name in ("act_scale", "out_scale"):
         if getattr(pc, name) is not None:
             raise ValueError(f"matmul_ogs: `precision_config.{name}` is not supported (must be None)")

@@ -60,12 +60,13 @@ def _valid_rows(routing_data, a: torch.Tensor):
 
 
 def swiglu_torch(a: torch.Tensor, alpha: float, precision_config: PrecisionConfig, routing_data=None) -> torch.Tensor:
-    """Reference: columns 2i are the gate, 2i+1 the linear part; N halves. Computed in fp32.
+    """Reference: columns 2i are the gate, 2i+1 the linear part; N halves. Computed in fp32 (fp64 for fp64).
 
     With `routing_data`, rows at or past expt_data.token_offs_raw[-1] (owned by no local expert) are zero.
     """
     _check_input(a)
-    out = swiglu_fn_torch(a.float(), alpha, precision_config.limit).to(a.dtype)
+    compute = torch.float64 if a.dtype == torch.float64 else torch.float32
+    out = swiglu_fn_torch(a.to(compute), alpha, precision_config.limit).to(a.dtype)
     n_valid = _valid_rows(routing_data, a)
     if n_valid is not None and a.dim() >= 2:
         rows = torch.arange(a.shape[-2], device=a.device)
