@@ -232,8 +232,12 @@ def build_variants(source_root: str | os.PathLike = REPO_ROOT, out: str | os.Pat
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    for variant in config.variants:
-        _build_variant(config, package_dir, files, staging / variant, variant)
+    try:
+        for variant in config.variants:
+            _build_variant(config, package_dir, files, staging / variant, variant)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
