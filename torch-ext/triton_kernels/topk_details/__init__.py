@@ -1,0 +1,24 @@
+"""Triton kernel behind `topk.topk` and the first half of `routing.routing`.
+
+One kernel, `_topk_kernel`, reads a [T, E] logits tile per program and, per row:
+
+1. turns every logit into an int32 order key: the fp32 bit pattern made monotone as a signed
+   int (-0.0 is folded onto +0.0 and NaN onto the lowest key), so integer order is torch's
+   sort order;
+2. takes k picks, each = the row's largest key (`tl.max`) at its lowest column (`tl.min` over
+   the columns holding it) — exactly `argsort(-x, stable=True)[:, :k]` — and then marks the
+   picked column as gone (a key below every real one);
+3. decodes the picked logits from the keys, applies the softmax in float64 (over the k picks,
+   or over the whole row for `sm_first`), and ranks the picks by expert id so every row's k
+   choices come out sorted by expert;
+4. optionally writes the row's bitmatrix words (bit e of the row is set when expert e is picked),
+   and, for routing, accumulates a per-program histogram of the picks over experts plus the
+   number of slots that route nowhere (padding rows, out-of-range user indices).
+
+With user indices (`expt_indx` / `y_indx`) step 2 is replaced by a load of the given indices;
+they keep their order within the row and anything outside [0, E) routes nowhere.
+"""
+
+from ._topk_kernel import TopkConfig, make_topk_config, topk_kernel
+
+__all__ = ["TopkConfig", "make_topk_config", "topk_kernel"]
