@@ -493,3 +493,36 @@ def test_flex_scales_are_refused_and_defaults_accepted():
     bad = PrecisionConfig(weight_scale=scales[0], flex_ctx=FlexCtx(lhs_data=InFlexData(scale=torch.ones(1))))
     with pytest.raises(ValueError, match="flex_ctx.lhs_data.scale` is not supported"):
         matmul_ogs(x, codes[0], None, precision_config=bad)
+
+
+def test_fp4_packed_along_n_is_refused():
+    if not layouts_available():
+        pytest.skip("tensor API not available yet")
+    from triton_kernels.tensor import FP4, wrap_torch_tensor
+    x = torch.randn(4, 64).bfloat16()
+    packed_along_n = wrap_torch_tensor(torch.zeros(64, 16, dtype=torch.uint8), dtype=FP4)  # logical [64, 32]
+    with pytest.raises(ValueError, match="packed two per byte along K"):
+        matmul_ogs(x, packed_along_n, None, precision_config=PrecisionConfig(weight_scale=torch.zeros(2, 32, dtype=torch.uint8)))
+
+
+def test_int64_index_path(device, monkeypatch):
+    """The 64-bit offset variant (taken when a tile's offsets can pass 2^31) computes the same result."""
+    import triton_kernels.matmul_ogs as mo
+    out32, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
+        device, True, True, True, True, "mxfp4", "raw")
+    monkeypatch.setattr(mo, "_INT32_LIMIT", 16)
+    assert mo._needs_int64(mo._check(x, w, bias, rd, gi, si, pc, None, gammas, None, SWIGLU, None), x, x)
+    out64 = matmul_ogs(x, w, bias, rd, **kwargs)
+    assert torch.equal(out64, out32)
+
+
+@pytest.mark.gpu
+def test_gpu_rows_times_k_past_int32():
+    m, k, n = (2 ** 31) // 5760 + 1024, 5760, 64
+    x = torch.empty(m, k, device="cuda", dtype=torch.bfloat16)
+    x[:-1024].zero_()
+    x[-1024:] = torch.randn(1024, k, device="cuda").bfloat16()
+    w = (torch.randn(k, n, device="cuda") / 64).bfloat16()
+    out = matmul_ogs(x, w, None)
+    assert out[: m - 1024].abs().max().item() == 0
+    assert rel_err(out[-1024:], x[-1024:].double() @ w.double()) <= 1e-2

@@ -363,6 +363,25 @@ def _block_pid_map(expt_data, block_m: int) -> torch.Tensor:
         raise ValueError(f"matmul_ogs: `routing_data.expt_data.block_pid_map` has no entry for block_m={block_m}") from None
 
 
+_INT32_LIMIT = 2 ** 31 - 1
+
+
+def _span(t: torch.Tensor) -> int:
+    """Largest element offset inside `t` (plus one), from its strides."""
+    return 1 + sum((d - 1) * abs(st) for d, st in zip(t.shape, t.stride()) if d > 0)
+
+
+def _needs_int64(p: _Problem, out: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether per-tile offsets (within one batch / expert; the expert base is always 64-bit) can pass 2^31."""
+    spans = [_span(out[0]) if out.shape[0] else 0, _span(x[0]) if x.shape[0] else 0]
+    for op in (p.w, p.ws):
+        if op is not None:
+            a = op.addressing
+            groups = -(-op.rows // a.k_group)
+            spans.append(groups * abs(a.stride_k_group) + a.k_group * abs(a.stride_k_inner) + op.n * abs(a.stride_n))
+    return max(spans) > _INT32_LIMIT
+
+
 def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
     x = p.x
     routed_rows_per_group = p.rows / max(1, p.w.n_experts or 1) if p.routed else p.rows
@@ -415,7 +434,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
             ROUTED=p.routed, GATHER=p.gather is not None,
             HAS_BIAS=bias is not None, HAS_BETAS=betas is not None, HAS_GAMMAS=gammas is not None,
             HAS_ALPHA=out_alpha is not None,
-            DOT_F32=target_info.get_target().interpreter,
+            DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )

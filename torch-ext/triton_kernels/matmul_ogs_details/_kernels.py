@@ -42,6 +42,16 @@ def _e8m0_half(s):
 
 
 @triton.jit
+def _k_offsets(k, stride_k_group, stride_k_inner, KG: tl.constexpr, INDEX_64: tl.constexpr):
+    """(k // KG)*stride_k_group + (k % KG)*stride_k_inner; the plain product when KG == 1."""
+    if INDEX_64:
+        k = k.to(tl.int64)
+    if KG == 1:
+        return k * stride_k_group
+    return (k // KG) * stride_k_group + (k % KG) * stride_k_inner
+
+
+@triton.jit
 def _swizzle_tile(pid, n_tiles_m, n_tiles_n, GROUP_M: tl.constexpr):
     """Walk GROUP_M row tiles across every column tile before moving on (rows re-read from L2)."""
     tiles_per_group = GROUP_M * n_tiles_n
@@ -68,7 +78,7 @@ def _matmul_ogs_kernel(
     W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
     ROUTED: tl.constexpr, GATHER: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_BETAS: tl.constexpr, HAS_GAMMAS: tl.constexpr, HAS_ALPHA: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     n_tiles_n = tl.cdiv(N, BLOCK_N)
@@ -101,9 +111,12 @@ def _matmul_ogs_kernel(
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_n_safe = tl.where(mask_n, offs_n, 0).to(tl.int64)
+    offs_n_safe = tl.where(mask_n, offs_n, 0)
+    if INDEX_64:
+        offs_n_safe = offs_n_safe.to(tl.int64)
+        x_rows = x_rows.to(tl.int64)
 
-    x_ptrs = X + pid_b * stride_x_b + x_rows.to(tl.int64)[:, None] * stride_x_m
+    x_ptrs = X + pid_b * stride_x_b + x_rows[:, None] * stride_x_m
     w_base = W + expt * stride_w_e + offs_n_safe[None, :] * stride_w_n
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -111,10 +124,10 @@ def _matmul_ogs_kernel(
         x = tl.load(x_ptrs + offs_k[None, :] * stride_x_k, mask=mask_x[:, None] & (offs_k < K)[None, :], other=0.0)
         if W_MX:
             offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            w_off = (offs_kp // W_KG).to(tl.int64) * stride_w_kg + (offs_kp % W_KG) * stride_w_ki
+            w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
             packed_w = tl.load(w_base + w_off[:, None], mask=(offs_kp < K // 2)[:, None] & mask_n[None, :], other=0)
             offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-            s_off = (offs_ks // WS_KG).to(tl.int64) * stride_ws_kg + (offs_ks % WS_KG) * stride_ws_ki
+            s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
             s_ptrs = WS + expt * stride_ws_e + s_off[:, None] + offs_n_safe[None, :] * stride_ws_n
             s = tl.load(s_ptrs, mask=(offs_ks < K // 32)[:, None] & mask_n[None, :], other=0).to(tl.int32)
             scale = _e8m0_half(s)[:, None, :]
@@ -131,7 +144,7 @@ def _matmul_ogs_kernel(
                 acc = tl.dot(x_even, w_lo.to(x.dtype), acc)
                 acc = tl.dot(x_odd, w_hi.to(x.dtype), acc)
         else:
-            w_off = (offs_k // W_KG).to(tl.int64) * stride_w_kg + (offs_k % W_KG) * stride_w_ki
+            w_off = _k_offsets(offs_k, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
             w = tl.load(w_base + w_off[:, None], mask=(offs_k < K)[:, None] & mask_n[None, :], other=0.0)
             if DOT_F32:
                 acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc)
@@ -163,7 +176,9 @@ def _matmul_ogs_kernel(
 
     OUT_N: tl.constexpr = BLOCK_N // REDUCTION_N
     offs_yn = pid_n * OUT_N + tl.arange(0, OUT_N)
-    y_ptrs = Y + pid_b * stride_y_b + offs_m.to(tl.int64)[:, None] * stride_y_m + offs_yn[None, :] * stride_y_n
+    if INDEX_64:
+        offs_m = offs_m.to(tl.int64)
+    y_ptrs = Y + pid_b * stride_y_b + offs_m[:, None] * stride_y_m + offs_yn[None, :] * stride_y_n
     tl.store(y_ptrs, out.to(Y.dtype.element_ty), mask=mask_m[:, None] & (offs_yn < N // REDUCTION_N)[None, :])
 
 

@@ -95,7 +95,21 @@ def operand(t, what: str, logical_rows_per_row: int) -> Operand:
     if shape[-2] % logical_rows_per_row:
         raise ValueError(f"matmul_ogs: `{what}` has K={shape[-2]}, not a multiple of {logical_rows_per_row}")
     rows = shape[-2] // logical_rows_per_row
+    _check_storage_matches(t, what, rows, shape[-1])
     return Operand(t.storage.data, _layout_addressing(t), shape[0] if len(shape) == 3 else None, rows, shape[-1])
+
+
+def _check_storage_matches(t, what: str, rows: int, n: int) -> None:
+    """The storage must hold [.., rows, n] units along (K, N): FP4 packed along K, not N."""
+    layout = t.storage.layout
+    if hasattr(layout, "k") and hasattr(layout, "n"):  # MX layouts record the unswizzled (K, N) sizes
+        got = (layout.k, layout.n)
+    else:
+        data = t.storage.data
+        got = (data.shape[-2], data.shape[-1]) if data.dim() >= 2 else None
+    if got != (rows, n):
+        raise ValueError(f"matmul_ogs: `{what}` storage holds {got} units along (K, N), expected {(rows, n)} "
+                         f"(FP4 must be packed two per byte along K, dim -2)")
 
 
 def _read_rows(op: Operand, expert: int) -> torch.Tensor:
