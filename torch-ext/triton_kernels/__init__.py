@@ -6,6 +6,7 @@ module name (the build's id), not as `triton_kernels`.
 
 from . import target_info
 from . import tensor
+from . import tensor_details
 from . import numerics
 from . import numerics_details
 from . import topk
@@ -15,4 +16,4 @@ from . import matmul_ogs
 
 __version__ = "1.0.0"
 
-__all__ = ["target_info", "tensor", "numerics", "numerics_details", "topk", "routing", "swiglu", "matmul_ogs"]
+__all__ = ["target_info", "tensor", "tensor_details", "numerics", "numerics_details", "topk", "routing", "swiglu", "matmul_ogs"]

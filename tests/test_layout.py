@@ -1,0 +1,244 @@
+"""Layouts: exact round trips, the addressing formula matmul_ogs relies on, probe-driven defaults."""
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from triton_kernels import target_info
+from triton_kernels.numerics_details.mxfp import downcast_to_mxfp_torch, upcast_from_mxfp_torch
+from triton_kernels.tensor import FP4, Tensor, convert_layout, wrap_torch_tensor
+from triton_kernels.tensor_details import layout as L
+from triton_kernels.tensor_details.layout import (
+    BlackwellMXScaleLayout,
+    HopperMXScaleLayout,
+    HopperMXValueLayout,
+    Layout,
+    OperandAddressing,
+    StridedLayout,
+    make_default_matmul_mxfp4_w_layout,
+    make_default_matmul_mxfp4_w_scale_layout,
+    operand_addressing,
+)
+
+MX_LAYOUTS = [HopperMXValueLayout, HopperMXScaleLayout, BlackwellMXScaleLayout]
+ALL_LAYOUTS = [StridedLayout] + MX_LAYOUTS
+
+
+def make_layout(cls, shape, mx_axis):
+    if cls is StridedLayout:
+        return StridedLayout(shape)
+    return cls(shape, mx_axis=mx_axis)
+
+
+def random_bytes(shape, seed=0, k_last_storage=False, mx_axis=None):
+    """Random uint8 data of `shape`; optionally stored with stride 1 along mx_axis (transformers' form)."""
+    g = torch.Generator().manual_seed(seed)
+    if k_last_storage:
+        moved = list(shape)
+        moved.append(moved.pop(mx_axis))
+        return torch.randint(0, 256, moved, generator=g, dtype=torch.uint8).movedim(-1, mx_axis)
+    return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+
+
+# (shape, mx_axis): 2-D and 3-D, K at dim -2 or -1, sizes that need padding and sizes that do not.
+SHAPES = [((3, 24, 40), 1), ((2, 64, 128), 1), ((45, 17), 0), ((128, 256), 0), ((2, 40, 7), 2), ((9, 33), 1),
+          ((1, 1, 1), 1), ((4, 90, 2880), 1)]
+
+
+@pytest.mark.parametrize("cls", ALL_LAYOUTS)
+@pytest.mark.parametrize("shape,mx_axis", SHAPES)
+@pytest.mark.parametrize("k_contiguous", [False, True])
+def test_round_trip_is_exact(cls, shape, mx_axis, k_contiguous):
+    data = random_bytes(shape, seed=len(shape), k_last_storage=k_contiguous, mx_axis=mx_axis)
+    layout = make_layout(cls, shape, mx_axis)
+    swizzled = layout.swizzle_data(data)
+    back = layout.unswizzle_data(swizzled)
+    assert back.shape == data.shape and back.dtype == data.dtype
+    assert torch.equal(back, data)
+    if cls is StridedLayout:
+        assert swizzled is data and back is data
+    else:
+        assert swizzled.is_contiguous() and tuple(swizzled.shape) == layout.swizzled_shape
+        assert back.stride(mx_axis) == 1  # the form transformers passes in and saves back
+        assert back.data_ptr() != swizzled.data_ptr()  # a fresh tensor, not a view of the padded storage
+        # Everything outside the logical data is zero padding.
+        assert int(swizzled.to(torch.int64).sum()) == int(data.to(torch.int64).sum())
+
+
+def _flat_storage(data: torch.Tensor, a: OperandAddressing, n_e, k, n):
+    span = a.offset(max(n_e - 1, 0), k - 1, n - 1) + 1 if k and n else 1
+    span = max(span, a.offset(max(n_e - 1, 0), 0, 0) + 1)
+    assert span <= data.untyped_storage().nbytes() // data.element_size() - data.storage_offset()
+    return torch.as_strided(data, (span,), (1,))
+
+
+def _logical(unswizzled: torch.Tensor, layout) -> torch.Tensor:
+    """Unswizzled storage as [E, K, N] (K = the MX axis), E = 1 for 2-D."""
+    mx_axis = getattr(layout, "mx_axis", unswizzled.dim() - 2)
+    t = unswizzled if unswizzled.dim() == 3 else unswizzled[None]
+    mx = mx_axis + (3 - unswizzled.dim())
+    return t if mx == 1 else t.transpose(1, 2)
+
+
+@pytest.mark.parametrize("cls", ALL_LAYOUTS)
+@pytest.mark.parametrize("shape,mx_axis", SHAPES)
+def test_addressing_formula_reads_every_element(cls, shape, mx_axis):
+    if cls is StridedLayout and mx_axis != len(shape) - 2:
+        pytest.skip("strided operands have K at dim -2")
+    data = random_bytes(shape, seed=3, k_last_storage=True, mx_axis=mx_axis)
+    layout = make_layout(cls, shape, mx_axis)
+    swizzled = layout.swizzle_data(data)
+    a = layout.addressing(swizzled)
+    assert a.k_group >= 1 and a.k_group & (a.k_group - 1) == 0
+    if len(shape) == 2:
+        assert a.stride_e == 0
+    ref = _logical(data, layout)
+    n_e, k, n = ref.shape
+    flat = _flat_storage(swizzled, a, n_e, k, n)
+    e_i, k_i, n_i = torch.meshgrid(torch.arange(n_e), torch.arange(k), torch.arange(n), indexing="ij")
+    if ref.numel() > 20000:  # large shapes: random indices
+        g = torch.Generator().manual_seed(0)
+        pick = torch.randint(0, ref.numel(), (20000,), generator=g)
+        e_i, k_i, n_i = e_i.reshape(-1)[pick], k_i.reshape(-1)[pick], n_i.reshape(-1)[pick]
+    offsets = a.offset(e_i, k_i, n_i)
+    assert torch.equal(flat[offsets], ref[e_i, k_i, n_i])
+
+
+def test_addressing_of_transformers_strided_operands():
+    values = random_bytes((2, 40, 48)).transpose(1, 2)  # [E, K/2, N] with stride 1 along K/2
+    a = operand_addressing(wrap_torch_tensor(values, dtype=FP4))
+    assert a == OperandAddressing(stride_e=40 * 48, stride_k_group=1, stride_k_inner=1, k_group=1, stride_n=48)
+    scales = random_bytes((40, 3))  # 2-D [K/32, N]... here contiguous
+    assert operand_addressing(wrap_torch_tensor(scales)) == OperandAddressing(0, 3, 3, 1, 1)
+    assert operand_addressing(scales) == OperandAddressing(0, 3, 3, 1, 1)
+
+
+def test_hopper_value_layout_design():
+    layout = HopperMXValueLayout((4, 1440, 2880), mx_axis=1)  # gpt-oss down_proj: K = 2880 -> 1440 bytes
+    assert layout.swizzled_shape == (4, 2944, 1472)
+    a = layout.addressing(torch.zeros(layout.swizzled_shape, dtype=torch.uint8))
+    assert (a.stride_k_group, a.k_group, a.stride_n, a.stride_e) == (1, 1, 1472, 2944 * 1472)
+    assert 1472 % 64 == 0 and 2944 % 128 == 0  # BLOCK_K=128 values / BLOCK_N=128 tiles need no masks
+    assert HopperMXValueLayout((2, 64, 256), mx_axis=1).swizzled_shape == (2, 256, 64)  # no padding needed
+
+
+@pytest.mark.parametrize("cls", [HopperMXScaleLayout, BlackwellMXScaleLayout])
+def test_scale_tile_is_one_contiguous_run(cls):
+    layout = cls((2, 90, 5760), mx_axis=1)  # gpt-oss gate_up scales: 90 blocks along K
+    data = random_bytes((2, 90, 5760))
+    a = layout.addressing(layout.swizzle_data(data))
+    assert a.k_group == 4 and a.stride_k_inner == 1 and a.stride_n == 4
+    block_n, n0, kg, e = 64, 128, 5, 1
+    offs = sorted(a.offset(e, kg * 4 + j, n0 + i) for i in range(block_n) for j in range(4))
+    assert offs == list(range(offs[0], offs[0] + 4 * block_n))  # [G, BLOCK_N] scales: G*BLOCK_N consecutive bytes
+    assert offs[0] % 16 == 0
+
+
+@pytest.mark.parametrize("layout_in,layout_out", list(itertools.permutations(ALL_LAYOUTS, 2)))
+def test_convert_layout_between_layouts(layout_in, layout_out):
+    w = random_bytes((3, 48, 72), seed=5, k_last_storage=True, mx_axis=1)
+    t = wrap_torch_tensor(w, dtype=FP4)
+    opts_in = {} if layout_in is StridedLayout else {"mx_axis": 1}
+    opts_out = {} if layout_out is StridedLayout else {"mx_axis": 1}
+    a = convert_layout(t, layout_in, **opts_in)
+    b = convert_layout(a, layout_out, **opts_out)
+    assert isinstance(b.storage.layout, layout_out) and b.dtype is FP4 and b.shape == (3, 96, 72)
+    assert torch.equal(b.storage.layout.unswizzle_data(b.storage.data), w)
+    assert torch.equal(convert_layout(b, StridedLayout).storage.data, w)
+
+
+@pytest.fixture
+def forced_variant(monkeypatch):
+    real = target_info.get_target()
+
+    def force(variant):
+        monkeypatch.setattr(target_info, "get_target", lambda: dataclasses.replace(real, variant=variant))
+
+    return force
+
+
+@pytest.mark.parametrize("variant,value_cls,scale_cls", [
+    ("hopper", HopperMXValueLayout, HopperMXScaleLayout),
+    ("blackwell", HopperMXValueLayout, BlackwellMXScaleLayout),
+    ("ampere", StridedLayout, StridedLayout),
+    ("turing", StridedLayout, StridedLayout),
+    ("unsupported", StridedLayout, StridedLayout),
+    ("cpu", StridedLayout, StridedLayout),
+])
+def test_defaults_follow_the_probe(forced_variant, variant, value_cls, scale_cls):
+    forced_variant(variant)
+    cls, opts = make_default_matmul_mxfp4_w_layout(mx_axis=1)
+    assert cls is value_cls
+    s_cls, s_opts = make_default_matmul_mxfp4_w_scale_layout(mx_axis=1, num_warps=4)
+    assert s_cls is scale_cls
+    if variant == "hopper":
+        assert s_opts == {"mx_axis": 1, "num_warps": 4}
+    # The kwargs are what convert_layout needs to build them.
+    w = random_bytes((2, 32, 40), k_last_storage=True, mx_axis=1)
+    s = random_bytes((2, 2, 40), k_last_storage=True, mx_axis=1)
+    tw = convert_layout(wrap_torch_tensor(w, dtype=FP4), cls, **opts)
+    ts = convert_layout(wrap_torch_tensor(s), s_cls, **s_opts)
+    assert torch.equal(tw.storage.layout.unswizzle_data(tw.storage.data), w)
+    assert torch.equal(ts.storage.layout.unswizzle_data(ts.storage.data), s)
+
+
+@pytest.mark.parametrize("variant", ["hopper", "blackwell", "cpu"])
+def test_transformers_load_and_save_flow(forced_variant, variant):
+    """What transformers 5.20 does: quantize [E, K, N] along K, swizzle values with the default layout
+    and scales as strided, overwrite .shape, later unswizzle and reshape into checkpoint blocks."""
+    forced_variant(variant)
+    E, K, N = 2, 64, 48
+    weight = torch.randn(E, N, K, dtype=torch.bfloat16)  # checkpoint [E, out, in]
+    w, w_scale = downcast_to_mxfp_torch(weight.transpose(-1, -2), torch.uint8, axis=1)
+    assert w.shape == (E, K // 2, N) and w.stride(1) == 1
+    cls, opts = make_default_matmul_mxfp4_w_layout(mx_axis=1)
+    tw = convert_layout(wrap_torch_tensor(w, dtype=FP4), cls, **opts)
+    ts = convert_layout(wrap_torch_tensor(w_scale), StridedLayout)
+    assert tw.shape == (E, K, N)
+    tw.shape = torch.Size([E, K, N])
+    blocks = tw.storage.layout.unswizzle_data(tw.storage.data)
+    assert blocks.shape == w.shape and torch.equal(blocks, w)
+    saved = blocks.transpose(-1, -2).reshape(E, N, K // 32, 16)
+    assert torch.equal(saved.reshape(E, N, K // 2), w.transpose(-1, -2))
+    scales = ts.storage.layout.unswizzle_data(ts.storage.data)
+    assert torch.equal(scales, w_scale)
+    deq = upcast_from_mxfp_torch(blocks, scales, torch.bfloat16, axis=1)
+    assert (deq.float() - weight.transpose(-1, -2).float()).abs().max() < 1.0
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="`mx_axis`=0 is the expert dim"):
+        HopperMXValueLayout((2, 8, 8), mx_axis=0)
+    with pytest.raises(ValueError, match="`mx_axis` must be an int in"):
+        HopperMXScaleLayout((2, 8, 8), mx_axis=3)
+    with pytest.raises(ValueError, match="`shape` must be 2-D"):
+        HopperMXValueLayout((2, 2, 8, 8), mx_axis=2)
+    with pytest.raises(TypeError, match="`shape` .* is required"):
+        BlackwellMXScaleLayout(None)
+    with pytest.raises(ValueError, match="`num_warps` must be a positive power of two"):
+        HopperMXScaleLayout((8, 8), mx_axis=0, num_warps=3)
+    layout = HopperMXValueLayout((2, 8, 8), mx_axis=1)
+    with pytest.raises(ValueError, match=r"swizzle_data: `data` must have shape \(2, 8, 8\)"):
+        layout.swizzle_data(torch.zeros(2, 8, 9, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="`data` must be a torch.Tensor"):
+        layout.swizzle_data([1, 2])
+    swizzled = layout.swizzle_data(torch.zeros(2, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="unswizzle_data: `data` must be the swizzled storage of shape"):
+        layout.unswizzle_data(swizzled[:, :, :8])
+    with pytest.raises(ValueError, match="addressing: `data` must be contiguous"):
+        layout.addressing(swizzled.transpose(1, 2).contiguous().transpose(1, 2))
+    with pytest.raises(ValueError, match="StridedLayout.addressing: `data` must be 2-D"):
+        StridedLayout().addressing(torch.zeros(2, 2, 2, 2))
+    with pytest.raises(TypeError, match="operand_addressing: `t` must be"):
+        operand_addressing("w")
+    with pytest.raises(TypeError, match="`mx_axis` must be an int"):
+        make_default_matmul_mxfp4_w_layout(mx_axis="1")
+
+
+def test_layout_is_exported_as_a_base_class():
+    assert all(issubclass(cls, Layout) for cls in ALL_LAYOUTS)
+    assert L.Layout is Layout and isinstance(StridedLayout(), Layout)
+    t = Tensor(torch.zeros(4, 4))
+    assert isinstance(t.storage.layout, StridedLayout)

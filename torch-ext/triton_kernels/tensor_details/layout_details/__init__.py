@@ -1,0 +1,1 @@
+"""One module per layout family; `tensor_details.layout` is the public face."""

@@ -1,0 +1,179 @@
+"""MX weight layouts: padded, N-major value storage and K-grouped scale storage.
+
+Both families take the unswizzled storage `shape` ([K', N] or [E, K', N], or with K' last) and
+`mx_axis`, the storage dim along which MX blocks (and FP4 packing) run: that is the matmul's K.
+The other of the last two dims is N; a leading third dim is the expert dim E.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Layout, OperandAddressing, check_tensor, round_up
+
+
+class _MXLayout(Layout):
+    def __init__(self, shape, mx_axis):
+        super().__init__(shape)
+        owner = type(self).__name__
+        if self.shape is None:
+            raise TypeError(f"{owner}: `shape` (of the unswizzled storage tensor) is required")
+        ndim = len(self.shape)
+        if ndim not in (2, 3):
+            raise ValueError(f"{owner}: `shape` must be 2-D [K, N] or 3-D [E, K, N], got {self.shape}")
+        if mx_axis is None:
+            mx_axis = ndim - 2
+        if isinstance(mx_axis, bool) or not isinstance(mx_axis, int) or not -ndim <= mx_axis < ndim:
+            raise ValueError(f"{owner}: `mx_axis` must be an int in [-{ndim}, {ndim}), got {mx_axis!r}")
+        mx_axis %= ndim
+        if mx_axis < ndim - 2:
+            raise ValueError(f"{owner}: `mx_axis`={mx_axis} is the expert dim of shape {self.shape}; "
+                             f"it must be one of the last two dims (K)")
+        self.mx_axis = mx_axis
+        self.n_axis = 2 * ndim - 3 - mx_axis  # the other of the last two dims
+        self.n_experts = self.shape[0] if ndim == 3 else None
+        self.k = self.shape[mx_axis]
+        self.n = self.shape[self.n_axis]
+
+    def _check_unswizzled(self, data) -> torch.Tensor:
+        check_tensor(type(self).__name__, "data", data)
+        if tuple(data.shape) != self.shape:
+            raise ValueError(f"{type(self).__name__}.swizzle_data: `data` must have shape {self.shape} "
+                             f"(the layout's), got {tuple(data.shape)}")
+        return data
+
+    def _check_swizzled(self, data, method: str) -> torch.Tensor:
+        check_tensor(type(self).__name__, "data", data)
+        if tuple(data.shape) != self.swizzled_shape:
+            raise ValueError(f"{type(self).__name__}.{method}: `data` must be the swizzled storage of shape "
+                             f"{self.swizzled_shape}, got {tuple(data.shape)}")
+        if not data.is_contiguous():
+            raise ValueError(f"{type(self).__name__}.{method}: `data` must be contiguous (the swizzled storage), "
+                             f"got strides {data.stride()}")
+        return data
+
+    def _lead(self) -> tuple[int, ...]:
+        return () if self.n_experts is None else (self.n_experts,)
+
+    def _k_last(self, data: torch.Tensor) -> torch.Tensor:
+        """[.., N, K] view of unswizzled data."""
+        return data.movedim(self.mx_axis, -1)
+
+    def _from_k_last(self, nk: torch.Tensor) -> torch.Tensor:
+        """Back to the unswizzled shape; fresh storage, stride 1 along mx_axis (as transformers passes it)."""
+        return nk.clone(memory_format=torch.contiguous_format).movedim(-1, self.mx_axis)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, mx_axis={self.mx_axis})"
+
+
+class HopperMXValueLayout(_MXLayout):
+    """Values N-major: storage [E, N_pad, K_pad] (or [N_pad, K_pad]), each column's K bytes contiguous.
+
+    K_pad = K rounded up to `k_align` storage units (64 bytes = 128 FP4 values: one BLOCK_K=128
+    tile, four 16-byte loads per column), N_pad = N rounded up to `n_align` (128) columns; the
+    padding is zeros. `mma_version` is accepted for drop-in compatibility and does not change
+    the byte order.
+    """
+
+    name = "HOPPER_VALUE"
+    K_ALIGN = 64
+    N_ALIGN = 128
+
+    def __init__(self, shape, mx_axis, mma_version: int = 3, k_align: int = K_ALIGN, n_align: int = N_ALIGN):
+        super().__init__(shape, mx_axis)
+        if mma_version not in (2, 3):
+            raise ValueError(f"HopperMXValueLayout: `mma_version` must be 2 or 3, got {mma_version!r}")
+        for what, v in (("k_align", k_align), ("n_align", n_align)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
+                raise ValueError(f"HopperMXValueLayout: `{what}` must be a positive power of two, got {v!r}")
+        self.mma_version = mma_version
+        self.padded_k = round_up(self.k, k_align)
+        self.padded_n = round_up(self.n, n_align)
+        self.swizzled_shape = self._lead() + (self.padded_n, self.padded_k)
+
+    def swizzle_data(self, data: torch.Tensor) -> torch.Tensor:
+        nk = self._k_last(self._check_unswizzled(data))
+        out = torch.zeros(self.swizzled_shape, dtype=data.dtype, device=data.device)
+        out[..., : self.n, : self.k] = nk
+        return out
+
+    def unswizzle_data(self, data: torch.Tensor) -> torch.Tensor:
+        self._check_swizzled(data, "unswizzle_data")
+        return self._from_k_last(data[..., : self.n, : self.k])
+
+    def addressing(self, data: torch.Tensor) -> OperandAddressing:
+        self._check_swizzled(data, "addressing")
+        stride_e = self.padded_n * self.padded_k if self.n_experts is not None else 0
+        return OperandAddressing(stride_e=stride_e, stride_k_group=1, stride_k_inner=1, k_group=1,
+                                 stride_n=self.padded_k)
+
+
+class _GroupedScaleLayout(_MXLayout):
+    """Scales K-grouped: storage [E, K_groups, N_pad, G] (or without E).
+
+    Scale block k of column n sits at (k // G)*N_pad*G + n*G + k % G: the G scales a column needs
+    for one K tile are adjacent, and a tile's [G, BLOCK_N] scales are one run of G*BLOCK_N bytes.
+    """
+
+    K_GROUP = 4
+    N_ALIGN = 128
+
+    def __init__(self, shape, mx_axis):
+        super().__init__(shape, mx_axis)
+        g = self.K_GROUP
+        self.k_groups = -(-self.k // g)
+        self.padded_k = self.k_groups * g
+        self.padded_n = round_up(self.n, self.N_ALIGN)
+        self.swizzled_shape = self._lead() + (self.k_groups, self.padded_n, g)
+
+    def swizzle_data(self, data: torch.Tensor) -> torch.Tensor:
+        nk = self._k_last(self._check_unswizzled(data))
+        padded = torch.zeros(self._lead() + (self.padded_n, self.padded_k), dtype=data.dtype, device=data.device)
+        padded[..., : self.n, : self.k] = nk
+        grouped = padded.view(self._lead() + (self.padded_n, self.k_groups, self.K_GROUP))
+        return grouped.transpose(-3, -2).contiguous()
+
+    def unswizzle_data(self, data: torch.Tensor) -> torch.Tensor:
+        self._check_swizzled(data, "unswizzle_data")
+        nk = data.transpose(-3, -2).reshape(self._lead() + (self.padded_n, self.padded_k))
+        return self._from_k_last(nk[..., : self.n, : self.k])
+
+    def addressing(self, data: torch.Tensor) -> OperandAddressing:
+        self._check_swizzled(data, "addressing")
+        g = self.K_GROUP
+        group_stride = self.padded_n * g
+        stride_e = self.k_groups * group_stride if self.n_experts is not None else 0
+        return OperandAddressing(stride_e=stride_e, stride_k_group=group_stride, stride_k_inner=1, k_group=g,
+                                 stride_n=g)
+
+
+class HopperMXScaleLayout(_GroupedScaleLayout):
+    """K-grouped scales with G = 4 for Hopper (see `_GroupedScaleLayout` and the `layout` docstring).
+
+    `num_warps` is accepted (and checked) for drop-in compatibility: the byte order does not depend
+    on the kernel's warp count, so one stored weight serves every config.
+    """
+
+    name = "HOPPER_SCALE"
+
+    def __init__(self, shape, mx_axis, num_warps: int = 8):
+        if isinstance(num_warps, bool) or not isinstance(num_warps, int) or num_warps < 1 or num_warps & (num_warps - 1):
+            raise ValueError(f"HopperMXScaleLayout: `num_warps` must be a positive power of two, got {num_warps!r}")
+        super().__init__(shape, mx_axis)
+        self.num_warps = num_warps
+
+
+class BlackwellMXScaleLayout(_GroupedScaleLayout):
+    """K-grouped scales with G = 4 and N padded to 128 for Blackwell.
+
+    Per K group and 128 columns this is the same 512-byte unit tcgen05's scale-factor tiles hold
+    (128 rows x 4 blocks), stored row-major so the addressing stays linear in n; the kernel
+    reorders inside the unit (the native 32x4x4 interleave is not linear in n). K is dim -2 by
+    default (`mx_axis=None`).
+    """
+
+    name = "BLACKWELL_SCALE"
+
+    def __init__(self, shape, mx_axis=None):
+        super().__init__(shape, mx_axis)
