@@ -526,3 +526,37 @@ def test_gpu_rows_times_k_past_int32():
     out = matmul_ogs(x, w, None)
     assert out[: m - 1024].abs().max().item() == 0
     assert rel_err(out[-1024:], x[-1024:].double() @ w.double()) <= 1e-2
+
+
+def test_transformers_gpt_oss_experts_forward_runs_unchanged(device, monkeypatch):
+    """transformers' own Mxfp4GptOssExperts: swizzle_mxfp4 (wrap + convert_layout + StridedLayout scales,
+    shapes overwritten) then forward (routing, gathered gate_up with fused swiglu_fn, scattered down with
+    gammas) equals a float64 MoE computed from the checkpoint blocks with transformers' own dequantizer."""
+    tm = pytest.importorskip("transformers.integrations.mxfp4")
+    if not layouts_available():
+        pytest.skip("tensor API not available yet")
+    import triton_kernels as hub
+    monkeypatch.setattr(tm, "triton_kernels_hub", hub, raising=False)
+    n_expts, hidden, inter, k, n_tokens = 4, 64, 64, 2, 7
+    cfg = types.SimpleNamespace(num_local_experts=n_expts, intermediate_size=inter, hidden_size=hidden, swiglu_limit=LIMIT)
+    with torch.device("meta"):
+        mod = tm.Mxfp4GptOssExperts(cfg)
+    g = torch.Generator().manual_seed(0)
+    gu_blocks = torch.randint(0, 256, (n_expts, 2 * inter, hidden // 32, 16), generator=g, dtype=torch.uint8)
+    gu_scales = torch.randint(118, 125, (n_expts, 2 * inter, hidden // 32), generator=g, dtype=torch.uint8)
+    dn_blocks = torch.randint(0, 256, (n_expts, hidden, inter // 32, 16), generator=g, dtype=torch.uint8)
+    dn_scales = torch.randint(118, 125, (n_expts, hidden, inter // 32), generator=g, dtype=torch.uint8)
+    dev = torch.device(device)
+    tm.swizzle_mxfp4_convertops(gu_blocks.to(dev), gu_scales.to(dev), mod, "gate_up_proj", dev, hub)
+    tm.swizzle_mxfp4_convertops(dn_blocks.to(dev), dn_scales.to(dev), mod, "down_proj", dev, hub)
+    b1, b2 = torch.randn(n_expts, 2 * inter), torch.randn(n_expts, hidden)
+    mod.gate_up_proj_bias = torch.nn.Parameter(b1.to(dev), requires_grad=False)
+    mod.down_proj_bias = torch.nn.Parameter(b2.to(dev), requires_grad=False)
+    x = torch.randn(n_tokens, hidden).bfloat16()
+    logits = torch.randn(n_tokens, n_expts)
+    rd, gi, si = hub.routing.routing(logits.to(dev), k)
+    out = mod.forward(x.to(dev), rd, gi, si)
+    assert out.shape == (n_tokens, hidden) and out.dtype == torch.bfloat16 and not out.isnan().any()
+    w1 = tm.convert_moe_packed_tensors(gu_blocks, gu_scales, dtype=torch.float32).double()  # [E, H, 2I]
+    w2 = tm.convert_moe_packed_tensors(dn_blocks, dn_scales, dtype=torch.float32).double()  # [E, I, H]
+    assert rel_err(out.cpu(), moe_float64(x, logits, k, w1, b1, w2, b2)) <= 1e-2

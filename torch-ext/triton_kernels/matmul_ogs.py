@@ -446,6 +446,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         grid = (triton.cdiv(p.n_tokens, block_t), triton.cdiv(p.n_out, block_n))
         _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(0), inter.stride(1),
                                   p.scatter, p.n_tokens, p.n_out, N_EXPTS_ACT=p.n_expts_act,
+                                  INTERPRETED=target_info.get_target().interpreter,
                                   BLOCK_T=block_t, BLOCK_N=block_n, num_warps=4)
     return y_out
 

@@ -93,5 +93,6 @@ def swiglu(a: torch.Tensor, alpha: float, precision_config: PrecisionConfig, rou
         _swiglu_kernel[grid](out, out.stride(0), out.stride(1), a2, a2.stride(0), a2.stride(1),
                              out if n_valid is None else n_valid, n_rows, n_out, float(alpha),
                              None if precision_config.limit is None else float(precision_config.limit),
-                             HAS_VALID_ROWS=n_valid is not None, BLOCK_M=block_m, BLOCK_N=block_n)
+                             HAS_VALID_ROWS=n_valid is not None,
+                             INTERPRETED=target_info.get_target().interpreter, BLOCK_M=block_m, BLOCK_N=block_n)
     return out.reshape(*a.shape[:-1], n_out)

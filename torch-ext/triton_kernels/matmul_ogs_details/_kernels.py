@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._cast import cast_out
+
 # 2 * |E2M1| for magnitude codes 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6), four bits each, code 0 lowest:
 # 0xC8643210 as a signed int32 (the arithmetic shift's sign bits are masked off after the shift).
 _E2M1_TWICE_PACKED: tl.constexpr = tl.constexpr(0xC8643210 - (1 << 32))
@@ -179,7 +181,7 @@ def _matmul_ogs_kernel(
     if INDEX_64:
         offs_m = offs_m.to(tl.int64)
     y_ptrs = Y + pid_b * stride_y_b + offs_m[:, None] * stride_y_m + offs_yn[None, :] * stride_y_n
-    tl.store(y_ptrs, out.to(Y.dtype.element_ty), mask=mask_m[:, None] & (offs_yn < N // REDUCTION_N)[None, :])
+    tl.store(y_ptrs, cast_out(out, Y.dtype.element_ty, DOT_F32), mask=mask_m[:, None] & (offs_yn < N // REDUCTION_N)[None, :])
 
 
 @triton.jit
@@ -192,7 +194,7 @@ def _topk_reduce_kernel(
     Y, stride_y_m, stride_y_n,
     Inter, stride_i_m, stride_i_n,
     SlotToRow, n_tokens, N,
-    N_EXPTS_ACT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    N_EXPTS_ACT: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """y[t] = sum over j < k of inter[slot_to_row[t*k + j]], skipping -1 (slot not computed here).
 
@@ -211,4 +213,4 @@ def _topk_reduce_kernel(
                     mask=valid[:, None] & mask_n[None, :], other=0.0)
         acc += v.to(tl.float32)
     y_ptrs = Y + offs_t.to(tl.int64)[:, None] * stride_y_m + offs_n[None, :] * stride_y_n
-    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=mask_t[:, None] & mask_n[None, :])
+    tl.store(y_ptrs, cast_out(acc, Y.dtype.element_ty, INTERPRETED), mask=mask_t[:, None] & mask_n[None, :])

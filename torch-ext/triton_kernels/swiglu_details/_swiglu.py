@@ -5,6 +5,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..matmul_ogs_details._cast import cast_out
+
 
 @triton.jit
 def swiglu_tile(tile, alpha, limit):
@@ -24,7 +26,7 @@ def _swiglu_kernel(
     A, stride_a_m, stride_a_n,
     NValidRows, n_rows, n_out,
     alpha, limit,
-    HAS_VALID_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_VALID_ROWS: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Rows at or past *NValidRows (routing: rows no expert owns) are written as zeros."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -38,5 +40,5 @@ def _swiglu_kernel(
     if HAS_VALID_ROWS:
         n_valid = tl.load(NValidRows)
         out = tl.where((offs_m < n_valid)[:, None], out, 0.0)
-    tl.store(Out + rows[:, None] * stride_o_m + offs_o[None, :] * stride_o_n, out.to(Out.dtype.element_ty),
+    tl.store(Out + rows[:, None] * stride_o_m + offs_o[None, :] * stride_o_n, cast_out(out, Out.dtype.element_ty, INTERPRETED),
              mask=mask_m[:, None] & (offs_o < n_out)[None, :])
