@@ -176,6 +176,25 @@ def test_nan_inf_and_zero_blocks(quant, impl, device):
             assert (y[3] == 0).all() and (y[4, :32] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_subnormal_blocks_match(dtype, device):
+    """Blocks of subnormals (and normal blocks whose amax / 6 is subnormal) must not flush to zero."""
+    g = torch.Generator().manual_seed(5)
+    mags = torch.tensor([[1e-39], [1e-37], [1e-44], [3e-38], [6e-8], [1e-5]])
+    x = (torch.randn(6, 64, generator=g) * mags).to(dtype)
+    for quant in [torch.uint8] + FP8:
+        for mode in DequantScaleRoundingMode:
+            q_ref, s_ref = downcast_to_mxfp_torch(x, quant, 1, mode)
+            q, s = downcast_to_mxfp(x.to(device), quant, 1, mode)
+            assert_same_bits(q.view(torch.uint8), q_ref.view(torch.uint8))
+            assert_same_bits(s, s_ref)
+            for out_dtype in (torch.float32, torch.bfloat16, torch.float16):
+                assert_same_bits(upcast_from_mxfp(q, s, out_dtype, 1), upcast_from_mxfp_torch(q_ref, s_ref, out_dtype, 1))
+    if dtype != torch.float16:
+        q, s = downcast_to_mxfp_torch(x, torch.uint8, 1)
+        assert (s[0] > 0).all() and (q[0] != 0).any()  # the subnormal row is quantized, not flushed
+
+
 def test_upcast_decodes_extreme_scales(device):
     q = torch.full((3, 16), 0x7F, dtype=torch.uint8)  # low nibble 0xF = -6.0, high nibble 7 = 6.0
     q[:, ::2] = 0x1D                                   # low nibble 0xD = -3.0, high nibble 1 = 0.5
@@ -347,6 +366,8 @@ def test_gpu_full_size_matches_torch(quant, mode):
     x = random_input((4096, 2880), torch.bfloat16).cuda()
     x[7, 100] = float("nan")
     x[9, :64] = 0
+    x[11, :32] = torch.randn(32, device="cuda") * 1e-39  # an all-subnormal block (no flush to zero allowed)
+    x[12, :32] = torch.randn(32, device="cuda") * 1e-37  # normal amax, subnormal amax / 6
     q_ref, s_ref = downcast_to_mxfp_torch(x, quant, 1, mode)  # the torch reference on the GPU
     q, s = downcast_to_mxfp(x, quant, 1, mode)
     assert_same_bits(q.view(torch.uint8), q_ref.view(torch.uint8))

@@ -41,7 +41,12 @@ def _downcast_to_mxfp_kernel(
     row_ok = rows < R
     row_off = (rows // n_inner) * stride_outer + (rows % n_inner) * stride_inner
     mask = row_ok[:, None] & (cols < L)[None, :]
-    x = tl.load(src_ptr + row_off[:, None] + cols[None, :] * stride_l, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(src_ptr + row_off[:, None] + cols[None, :] * stride_l, mask=mask, other=0.0)
+    if src_ptr.dtype.element_ty == tl.bfloat16:
+        # Widen by bits: exact for every value (the interpreter's bf16 -> fp32 cast mangles subnormals).
+        x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        x = x.to(tl.float32)
 
     # Block amax on the bit patterns: |x| orders like its bits, and NaN > Inf > any finite value.
     xb = x.to(tl.int32, bitcast=True)
