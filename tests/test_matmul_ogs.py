@@ -165,10 +165,10 @@ def independent_routed(x, w64, bias, expts, gi, si, rd, gather, scatter, act, ga
     out = torch.einsum("rk,rkn->rn", xr, w64[row_expt])
     if bias is not None:
         out = out + bias.cpu().double()[row_expt]
+    if gammas is not None:  # SPEC section 4: gammas scale the row before the activation
+        out = out * gammas.cpu().double()[:n_rows, None]
     if act:
         out = swiglu64(out)
-    if gammas is not None:
-        out = out * gammas.cpu().double()[:n_rows, None]
     if not scatter:
         return out
     slots = si.dst_indx.cpu().long()[:n_rows]

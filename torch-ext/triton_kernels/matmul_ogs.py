@@ -16,10 +16,11 @@ Modes
 
 Per row r, in fp32:
     acc = x_r · W[e]  +  bias[e] * betas[r]      (betas default 1; bias None -> 0)
+    acc = acc * gammas[r]                        (if given; gpt-oss passes the routing weights
+                                                  `gate_scal` here on the down projection)
     acc = acc * out_alpha                        (if given)
     out = activation(acc, *fn_args)              (FusedActivation; N -> N / reduction_n)
-    out = out * gammas[r]                        (if given; gpt-oss passes the routing weights
-                                                  `gate_scal` here on the down projection)
+(SPEC section 4: gammas scale the row before the activation.)
 then cast to precision_config.out_dtype (default: x's dtype). Without routing, betas and gammas
 are indexed by the row of a 2-D x.
 
@@ -480,12 +481,11 @@ def _reference(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, acc
         if bias is not None:
             b = (bias[e] if bias.dim() == 2 and bias.shape[0] > 1 else bias.reshape(-1)).to(accum_dtype)
             acc = acc + b[None, :] * (betas[rows_slice].to(accum_dtype)[:, None] if betas is not None else 1)
+        if gammas is not None:
+            acc = acc * gammas[rows_slice].to(accum_dtype)[:, None]
         if out_alpha is not None:
             acc = acc * out_alpha
-        out = p.act_torch(acc, *p.act_args)
-        if gammas is not None:
-            out = out * gammas[rows_slice].to(accum_dtype)[:, None]
-        return out
+        return p.act_torch(acc, *p.act_args)
 
     if not p.routed:
         x3 = x if x.dim() == 3 else x.unsqueeze(0)

@@ -160,6 +160,9 @@ def _matmul_ogs_kernel(
             acc += bias[None, :] * betas[:, None]
         else:
             acc += bias[None, :]
+    if HAS_GAMMAS:
+        gammas = tl.load(Gammas + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        acc *= gammas[:, None]
     if HAS_ALPHA:
         acc *= out_alpha
     if N_ACT_ARGS == 0:
@@ -172,9 +175,6 @@ def _matmul_ogs_kernel(
         out = ACT_FN(acc, act_arg0, act_arg1, act_arg2)
     else:
         out = ACT_FN(acc, act_arg0, act_arg1, act_arg2, act_arg3)
-    if HAS_GAMMAS:
-        gammas = tl.load(Gammas + offs_m, mask=mask_m, other=0.0).to(tl.float32)
-        out = out * gammas[:, None]
 
     OUT_N: tl.constexpr = BLOCK_N // REDUCTION_N
     offs_yn = pid_n * OUT_N + tl.arange(0, OUT_N)
