@@ -73,7 +73,7 @@ def topk_kernel(
             counts = tl.zeros([BLOCK_T, E_PAD], dtype=tl.int32)
             for j in tl.static_range(K):  # column j again, as a vector (an L1 hit)
                 e_j = tl.load(user_ptr + rows64 * stride_ut + j, mask=row_ok, other=-1)
-                counts += (cols[None, :] == e_j[:, None]).to(tl.int32)  # e_j outside [0, E) never matches
+                counts += ((cols[None, :] == e_j[:, None]) & col_ok[None, :]).to(tl.int32)
             out_col = kk[None, :] + tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
         else:
             # two int32 reductions per pick: the best order key, then its lowest column

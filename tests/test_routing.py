@@ -1,0 +1,481 @@
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from triton_kernels import routing as R
+from triton_kernels import routing_details, target_info
+
+POISON = 0x7FC0DEAD  # as int32 a value no index/offset takes; as float32 a NaN
+
+
+def ulp32(x: torch.Tensor) -> torch.Tensor:
+    x = x.abs().float()
+    return torch.nextafter(x, torch.full_like(x, math.inf)) - x
+
+
+def assert_weights_close(got, ref):
+    """Within one float32 ulp of the reference (NaN where the reference is NaN)."""
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    got, ref = got.cpu(), ref.cpu()
+    nan = torch.isnan(ref)
+    assert torch.equal(torch.isnan(got), nan), "NaN pattern differs"
+    diff = (got - ref).abs()[~nan]
+    assert bool((diff <= ulp32(ref)[~nan]).all()), f"max |diff| {diff.max().item()} exceeds 1 ulp"
+
+
+def assert_routing_equal(got, ref):
+    rd, gi, si = got
+    rd_ref, gi_ref, si_ref = ref
+    for name, a, b in [("gather.src_indx", gi.src_indx, gi_ref.src_indx), ("gather.dst_indx", gi.dst_indx, gi_ref.dst_indx),
+                       ("scatter.src_indx", si.src_indx, si_ref.src_indx),
+                       ("scatter.dst_indx", si.dst_indx, si_ref.dst_indx),
+                       ("expt_hist", rd.expt_hist, rd_ref.expt_hist),
+                       ("expt_data.hist", rd.expt_data.hist, rd_ref.expt_data.hist),
+                       ("token_offs_raw", rd.expt_data.token_offs_raw, rd_ref.expt_data.token_offs_raw)]:
+        assert a.dtype == torch.int32, f"{name}: dtype {a.dtype}"
+        assert torch.equal(a.cpu(), b.cpu()), f"{name} differs:\n{a}\n{b}"
+    for bm in (16, 32, 64, 128):
+        for name, a, b in [("token_offs_pad", rd.expt_data.token_offs_pad[bm], rd_ref.expt_data.token_offs_pad[bm]),
+                           ("block_pid_map", rd.expt_data.block_pid_map[bm], rd_ref.expt_data.block_pid_map[bm])]:
+            assert a.dtype == torch.int32
+            assert torch.equal(a.cpu(), b.cpu()), f"{name}[{bm}] differs:\n{a}\n{b}"
+    assert (rd.n_expts_tot, rd.n_expts_act) == (rd_ref.n_expts_tot, rd_ref.n_expts_act)
+    assert_weights_close(rd.gate_scal, rd_ref.gate_scal)
+
+
+def run_both(logits, k, **kw):
+    return R.routing(logits, k, **kw), R.routing_torch(logits, k, **kw)
+
+
+@pytest.fixture
+def poisoned_workspace(monkeypatch):
+    """Every torch.empty made during routing starts as POISON, so unwritten outputs show."""
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.dtype == torch.int32:
+            t.fill_(POISON)
+        return t
+
+    monkeypatch.setattr(routing_details.torch, "empty", empty)
+
+
+# ----------------------------------------------------------------------------- the reference itself
+
+
+def naive_routing(logits, k, sm_first=False, expt_indx=None, simulated_ep=1, n_rows=None):
+    """Plain-Python loops over float64 values: the routing spec written out literally."""
+    T, E = logits.shape
+    rows = logits.double().tolist()
+    n_local = E // simulated_ep
+    n_valid = T if n_rows is None else int(n_rows)
+    experts, weights = [], []
+    for t, row in enumerate(rows):
+        if expt_indx is None:
+            ranked = sorted(range(E), key=lambda e: (-row[e], e))
+            chosen = sorted(ranked[:k])
+        else:
+            chosen = [int(v) for v in expt_indx[t].tolist()]
+        ok = [t < n_valid and 0 <= e < E for e in chosen]
+        if sm_first:
+            m = max(row)
+            s = sum(math.exp(v - m) for v in row)
+            w = [math.exp(row[e] - m) / s if good else 0.0 for e, good in zip(chosen, ok)]
+        else:
+            vals = [row[e] for e, good in zip(chosen, ok) if good]
+            m = max(vals) if vals else 0.0
+            s = sum(math.exp(v - m) for v in vals)
+            w = [math.exp(row[e] - m) / s if good else 0.0 for e, good in zip(chosen, ok)]
+        experts += [e if good else -1 for e, good in zip(chosen, ok)]
+        weights += w
+    n = len(experts)
+    key = [e if e >= 0 else E for e in experts]
+    order = sorted(range(n), key=lambda s: (key[s], s))
+    topk_indx = [s if key[s] < n_local else -1 for s in order]
+    pos = [0] * n
+    for p, s in enumerate(order):
+        pos[s] = p
+    gate_indx = [pos[s] if key[s] < n_local else -1 for s in range(n)]
+    gate_scal = [weights[s] for s in order]
+    hist = [sum(1 for e in experts if e == x) for x in range(n_local)]
+    raw = [0]
+    for h in hist:
+        raw.append(raw[-1] + h)
+    pads, maps = {}, {}
+    for bm in (16, 32, 64, 128):
+        pad = [0]
+        for h in hist:
+            pad.append(pad[-1] + (h + bm - 1) // bm)
+        tiles = [(b << 16) | e for e in range(n_local) for b in range((hist[e] + bm - 1) // bm)]
+        # the bound: every non-empty expert wastes at most one partial tile
+        m = min(n, n_local)
+        bound = m + (n - m) // bm
+        assert len(tiles) <= bound
+        pads[bm], maps[bm] = pad, tiles + [-1] * (bound - len(tiles))
+    return dict(topk_indx=topk_indx, gate_indx=gate_indx, gate_scal=gate_scal, hist=hist, raw=raw, pads=pads,
+                maps=maps)
+
+
+@pytest.mark.parametrize("case", [
+    dict(T=9, E=6, k=2), dict(T=7, E=5, k=5), dict(T=8, E=7, k=1), dict(T=10, E=8, k=3, sm_first=True),
+    dict(T=9, E=8, k=2, simulated_ep=2), dict(T=9, E=6, k=3, n_rows=5), dict(T=6, E=9, k=3, user=True),
+    dict(T=0, E=4, k=2),
+])
+def test_routing_torch_matches_naive_loops(case):
+    g = torch.Generator().manual_seed(len(str(case)))
+    T, E, k = case["T"], case["E"], case["k"]
+    logits = torch.randint(-3, 3, (T, E), generator=g).float() + 0.25 * torch.rand(T, E, generator=g).round()
+    kw = {key: case[key] for key in ("sm_first", "simulated_ep", "n_rows") if key in case}
+    if case.get("user"):
+        kw["expt_indx"] = torch.randint(-1, E + 1, (T, k), generator=g)
+    rd, gi, si = R.routing_torch(logits, k, **kw)
+    ref = naive_routing(logits, k, **kw)
+    assert gi.src_indx.tolist() == ref["topk_indx"] and si.dst_indx.tolist() == ref["topk_indx"]
+    assert gi.dst_indx.tolist() == ref["gate_indx"] and si.src_indx.tolist() == ref["gate_indx"]
+    assert rd.expt_hist.tolist() == ref["hist"]
+    assert rd.expt_data.token_offs_raw.tolist() == ref["raw"]
+    for bm in (16, 32, 64, 128):
+        assert rd.expt_data.token_offs_pad[bm].tolist() == ref["pads"][bm]
+        assert rd.expt_data.block_pid_map[bm].tolist() == ref["maps"][bm]
+        assert len(rd.expt_data.block_pid_map[bm]) == rd.n_blocks(T * k, bm)
+    assert_weights_close(rd.gate_scal, torch.tensor(ref["gate_scal"], dtype=torch.float64).float())
+
+
+def test_n_blocks_bound_is_tight_and_holds():
+    rd = R.RoutingData(torch.zeros(4), torch.zeros(8, dtype=torch.int32), 8, 2)
+    assert rd.n_blocks(0, 16) == 0 and rd.n_blocks(5, 16) == 5 and rd.n_blocks(8, 16) == 8
+    assert rd.n_blocks(8 + 16 * 3 + 15, 16) == 8 + 3
+    g = torch.Generator().manual_seed(0)
+    for n in [1, 7, 8, 9, 40, 300]:
+        for bm in (16, 32, 64, 128):
+            worst = 0
+            for _ in range(50):  # random splits of n rows over 8 experts, plus the extreme one
+                cuts = sorted(torch.randint(0, n + 1, (7,), generator=g).tolist())
+                h = [b - a for a, b in zip([0] + cuts, cuts + [n])]
+                worst = max(worst, sum((x + bm - 1) // bm for x in h))
+            extreme = [1] * min(7, n - 1) + [n - min(7, n - 1)]
+            worst = max(worst, sum((x + bm - 1) // bm for x in extreme))
+            assert worst <= rd.n_blocks(n, bm)
+            assert sum((x + bm - 1) // bm for x in extreme) == rd.n_blocks(n, bm)  # tight
+
+
+# ----------------------------------------------------------------------------- Triton == reference
+
+
+def tie_heavy(T, E, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(-4, 4, (T, E), generator=g).float() * 0.5).to(dtype)
+
+
+CASES = [
+    dict(T=37, E=8, k=2),
+    dict(T=1, E=8, k=3),
+    dict(T=0, E=16, k=4),
+    dict(T=23, E=6, k=6),  # E == k
+    dict(T=50, E=32, k=1),
+    dict(T=45, E=40, k=4, dtype=torch.bfloat16),  # E not a power of two
+    dict(T=30, E=64, k=8, dtype=torch.float16),
+    dict(T=100, E=256, k=4),  # several row tiles per program
+    dict(T=600, E=32, k=8),  # several slot blocks per program in the sort
+    dict(T=70, E=32, k=4, sm_first=True, dtype=torch.bfloat16),
+    dict(T=40, E=24, k=3, sm_first=True, n_rows=29),
+    dict(T=40, E=32, k=4, simulated_ep=4),
+    dict(T=33, E=40, k=2, simulated_ep=8, n_rows=17, dtype=torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()).replace("torch.", ""))
+@pytest.mark.parametrize("ties", [False, True])
+def test_routing_matches_reference(case, ties, device, poisoned_workspace):
+    case = dict(case)
+    T, E, k, dtype = case.pop("T"), case.pop("E"), case.pop("k"), case.pop("dtype", torch.float32)
+    seed = T * 1000 + E * 10 + k
+    if ties:
+        logits = tie_heavy(T, E, dtype, seed)
+    else:
+        logits = torch.randn(T, E, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    logits = logits.to(device)
+    got, ref = run_both(logits, k, **case)
+    assert_routing_equal(got, ref)
+
+
+def test_routing_all_tokens_on_one_expert(device, poisoned_workspace):
+    logits = torch.randn(150, 32, generator=torch.Generator().manual_seed(3))
+    logits[:, 5] += 100.0
+    logits = logits.to(device)
+    got, ref = run_both(logits, 1)
+    assert_routing_equal(got, ref)
+    assert got[0].expt_hist.tolist() == [150 if e == 5 else 0 for e in range(32)]
+    # 150 rows on expert 5 -> ceil(150 / 16) = 10 tiles, numbered 0..9, then -1
+    m = got[0].expt_data.block_pid_map[16].cpu()
+    assert m[:10].tolist() == [(b << 16) | 5 for b in range(10)] and bool((m[10:] == -1).all())
+
+
+def test_routing_one_program_and_map_only_programs(device, poisoned_workspace, monkeypatch):
+    # one topk program for all rows; the sort kernel then has programs that only fill tile maps
+    monkeypatch.setattr(routing_details, "_target_programs", lambda: 1)
+    logits = torch.randn(4100, 8, generator=torch.Generator().manual_seed(4)).to(device)
+    plan = routing_details.make_routing_plan(4100, 8, 4, 1, False, 1)
+    assert plan.topk.n_programs == 1 and plan.n_sort_programs > 1
+    assert_routing_equal(*run_both(logits, 4))
+
+
+def test_routing_all_equal_logits(device, poisoned_workspace):
+    logits = torch.zeros(20, 12, device=device)
+    got, ref = run_both(logits, 3)
+    assert_routing_equal(got, ref)
+    assert got[0].expt_hist.tolist() == [20, 20, 20] + [0] * 9  # ties -> lowest experts
+    assert_weights_close(got[0].gate_scal, torch.full((60,), 1 / 3))
+
+
+def test_routing_n_rows_as_device_scalar(device, poisoned_workspace):
+    logits = torch.randn(40, 16, generator=torch.Generator().manual_seed(5)).to(device)
+    n_rows = torch.tensor([25], dtype=torch.int32, device=device)
+    got, ref = run_both(logits, 4, n_rows=n_rows)
+    assert_routing_equal(got, ref)
+    assert int(got[0].expt_hist.sum()) == 25 * 4
+    assert bool((got[1].dst_indx[25 * 4:] == -1).all()) and bool((got[1].src_indx[25 * 4:] == -1).all())
+    assert bool((got[0].gate_scal[25 * 4:] == 0).all())
+    got0, ref0 = run_both(logits, 4, n_rows=0)
+    assert_routing_equal(got0, ref0)
+    assert int(got0[0].expt_hist.sum()) == 0
+
+
+@pytest.mark.parametrize("sm_first", [False, True])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16])
+def test_routing_user_expt_indx(sm_first, dtype, device, poisoned_workspace):
+    g = torch.Generator().manual_seed(11)
+    T, E, k = 30, 20, 3
+    logits = torch.randn(T, E, generator=g).to(device)
+    expt_indx = torch.randint(0, E, (T, k), generator=g)
+    expt_indx[3, 1] = -1  # routes nowhere
+    expt_indx[4, 0] = E + 5  # out of range: routes nowhere
+    expt_indx[5] = torch.tensor([7, 7, 2])  # duplicates count twice, order is kept
+    expt_indx = expt_indx.to(dtype).to(device)
+    got, ref = run_both(logits, k, expt_indx=expt_indx, sm_first=sm_first)
+    assert_routing_equal(got, ref)
+    rd, gi, _ = got
+    assert int(rd.expt_hist.sum()) == T * k - 2
+    assert gi.dst_indx[3 * k + 1].item() == -1 and gi.dst_indx[4 * k].item() == -1
+    # slot j of a row is the row's j-th given index: check through the sorted order
+    sorted_expts = torch.repeat_interleave(torch.arange(E), rd.expt_hist.cpu())
+    assert torch.equal(expt_indx.long().cpu().reshape(-1)[gi.src_indx[: T * k - 2].long().cpu()], sorted_expts)
+
+
+def test_routing_simulated_ep_mirrors_transformers_dist(monkeypatch):
+    """transformers' expert-parallel routing (rank 0 of S) builds the same objects as simulated_ep=S."""
+    mxfp4 = pytest.importorskip("transformers.integrations.mxfp4")
+    import triton_kernels
+
+    S, T, E, k = 4, 30, 32, 4
+    logits = torch.randn(T, E, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(mxfp4, "triton_kernels_hub", triton_kernels, raising=False)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **kw: S)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    real_histc = torch.histc
+    # CPU histc has no integer kernel (CUDA has); count in float and keep the integer dtype
+    monkeypatch.setattr(torch, "histc", lambda x, *a, **kw: real_histc(x.double(), *a, **kw).to(x.dtype))
+    dist = mxfp4.routing_torch_dist(logits, k)
+    ours = R.routing_torch(logits, k, simulated_ep=S)
+    assert isinstance(dist[0], R.RoutingData) and isinstance(dist[0].expt_data, R.ExptData)
+    rd_d, gi_d, si_d = dist
+    rd_o, gi_o, si_o = ours
+    assert torch.equal(gi_o.src_indx, gi_d.src_indx) and torch.equal(gi_o.dst_indx, gi_d.dst_indx)
+    assert torch.equal(si_o.src_indx, si_d.src_indx) and torch.equal(si_o.dst_indx, si_d.dst_indx)
+    assert torch.equal(rd_o.expt_hist, rd_d.expt_hist.int()) and rd_o.n_expts_tot == rd_d.n_expts_tot == E // S
+    for bm in (16, 32, 64, 128):
+        assert torch.equal(rd_o.expt_data.token_offs_pad[bm], rd_d.expt_data.token_offs_pad[bm])
+        assert torch.equal(rd_o.expt_data.block_pid_map[bm], rd_d.expt_data.block_pid_map[bm])
+        assert rd_d.n_blocks(T * k, bm) == len(rd_d.expt_data.block_pid_map[bm])
+    assert torch.equal(rd_o.expt_data.token_offs_raw, rd_d.expt_data.token_offs_raw)
+    torch.testing.assert_close(rd_o.gate_scal, rd_d.gate_scal.float(), rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- compute_expt_data
+
+
+@pytest.mark.parametrize("n_expts,n_gates,dtype", [(8, 100000, torch.int32), (40, 500, torch.float32),
+                                                   (5, 0, torch.int64), (300, 1000, torch.int32)])
+def test_compute_expt_data_matches_torch(n_expts, n_gates, dtype, device, poisoned_workspace):
+    g = torch.Generator().manual_seed(n_expts)
+    if n_gates:
+        hist = torch.bincount(torch.randint(0, n_expts, (n_gates,), generator=g) ** 2 % n_expts, minlength=n_expts)
+    else:
+        hist = torch.zeros(n_expts, dtype=torch.int64)
+    hist = hist.to(dtype).to(device)
+    got = R.compute_expt_data(hist, n_expts, n_gates)
+    ref = R.compute_expt_data_torch(hist, n_expts, n_gates)
+    assert torch.equal(got.hist.cpu(), ref.hist.cpu()) and got.hist.dtype == torch.int32
+    assert torch.equal(got.token_offs_raw.cpu(), ref.token_offs_raw.cpu())
+    for bm in (16, 32, 64, 128):
+        assert torch.equal(got.token_offs_pad[bm].cpu(), ref.token_offs_pad[bm].cpu())
+        assert torch.equal(got.block_pid_map[bm].cpu(), ref.block_pid_map[bm].cpu()), bm
+
+
+def test_fallback_warns_and_uses_reference(monkeypatch):
+    monkeypatch.setenv("TRITON_KERNELS_VARIANT", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    target_info.reset()
+    try:
+        logits = torch.randn(10, 8)
+        with pytest.warns(RuntimeWarning, match="triton_kernels.routing: using the torch reference"):
+            got = R.routing(logits, 2)
+        assert_routing_equal(got, R.routing_torch(logits, 2))
+    finally:
+        target_info.reset()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("fn", [R.routing, R.routing_torch])
+def test_bad_input_is_named(fn):
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="`n_expts_act` must be between 1 and"):
+        fn(x, 9)
+    with pytest.raises(ValueError, match="`n_expts_act` must be between 1 and"):
+        fn(x, 0)
+    with pytest.raises(TypeError, match="`n_expts_act` must be an int"):
+        fn(x, 2.0)
+    with pytest.raises(ValueError, match="`logits` must be 2-D"):
+        fn(torch.randn(2, 4, 8), 2)
+    with pytest.raises(TypeError, match="`logits` must be float32, bfloat16 or float16"):
+        fn(torch.randint(0, 5, (4, 8)), 2)
+    with pytest.raises(TypeError, match="`logits` must be a torch.Tensor"):
+        fn([[1.0, 2.0]], 1)
+    with pytest.raises(ValueError, match=r"`expt_indx` must have shape \[n_tokens, k\]"):
+        fn(x, 2, expt_indx=torch.zeros(4, 3, dtype=torch.int32))
+    with pytest.raises(TypeError, match="`expt_indx` must be int16, int32 or int64"):
+        fn(x, 2, expt_indx=torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="`simulated_ep` must be >= 1 and divide"):
+        fn(x, 2, simulated_ep=3)
+    with pytest.raises(TypeError, match="`n_rows` must be an int or a one-element integer tensor"):
+        fn(x, 2, n_rows=torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="`n_rows` must be >= 0"):
+        fn(x, 2, n_rows=-1)
+    with pytest.raises(TypeError, match="`sm_first` must be a bool"):
+        fn(x, 2, sm_first=1)
+
+
+def test_compute_expt_data_bad_input():
+    with pytest.raises(ValueError, match="`hist` must be 1-D with n_expts_tot=4"):
+        R.compute_expt_data_torch(torch.zeros(5, dtype=torch.int32), 4, 10)
+    with pytest.raises(ValueError, match="`n_gates` must be a non-negative int"):
+        R.compute_expt_data(torch.zeros(4, dtype=torch.int32), 4, -1)
+    with pytest.raises(TypeError, match="`hist` must be a torch.Tensor"):
+        R.compute_expt_data([1, 2], 2, 3)
+
+
+# ----------------------------------------------------------------------------- compiled for a real GPU
+
+_COMPILE_SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton_kernels.topk_details import topk_kernel
+from triton_kernels.routing_details._sort_kernel import routing_sort_kernel, expt_data_kernel
+
+def build(fn, types, consts, num_warps):
+    sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in fn.arg_names}
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": num_warps})
+
+for user, smf in [(False, False), (True, True)]:
+    consts = dict(K=4, K_PAD=4, E_PAD=128, BLOCK_T=16, APPLY_SOFTMAX=not smf, SM_FIRST=smf, USER_INDX=user,
+                  N_ROWS_FROM_PTR=True, WRITE_BITS=user, WRITE_HIST=True)
+    if not user:
+        consts["user_ptr"] = None
+        consts["bits_ptr"] = None
+    build(topk_kernel, {"x_ptr": "*bf16", "user_ptr": "*i32", "vals_ptr": "*fp32", "indx_ptr": "*i32",
+                        "bits_ptr": "*u32", "hist_ptr": "*i32", "n_rows_ptr": "*i64"}, consts, 8)
+build(routing_sort_kernel, {"ws_ptr": "*i32", "wsf_ptr": "*fp32"},
+      dict(E_PAD=128, PART_ROWS=32, SLOT_BLOCK=512, TILE_BLOCK=32), 4)
+build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernels themselves")
+def test_kernels_compile_for_hopper():
+    """The interpreter accepts things the compiler does not: build the kernels for sm_90 (ptxas included)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except Exception:  # pragma: no cover - triton without the NVIDIA backend
+        pytest.skip("triton has no NVIDIA backend here")
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- GPU, full sizes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 7, 4096, 16384, 65536])
+@pytest.mark.parametrize("E,k", [(32, 4), (128, 4), (256, 8), (128, 1), (8, 8)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_routing_gpu_full_sizes(T, E, k, dtype):
+    logits = torch.randn(T, E, device="cuda", dtype=torch.float32).to(dtype)
+    assert_routing_equal(*run_both(logits, k))
+    ties = (torch.randint(-3, 3, (T, E), device="cuda").float() * 0.5).to(dtype)
+    assert_routing_equal(*run_both(ties, k))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,E,k", [(65536, 256, 8), (16384, 128, 4), (3000, 40, 3)])
+def test_routing_gpu_options(T, E, k):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(T, E, device="cuda", generator=g).to(torch.bfloat16)
+    assert_routing_equal(*run_both(logits, k, sm_first=True))
+    assert_routing_equal(*run_both(logits, k, simulated_ep=4 if E % 4 == 0 else 2))
+    n_rows = torch.tensor(T // 3, device="cuda")
+    assert_routing_equal(*run_both(logits, k, n_rows=n_rows))
+    assert_routing_equal(*run_both(logits, k, n_rows=T // 2, simulated_ep=2, sm_first=True))
+    idx = torch.randint(-1, E, (T, k), device="cuda", generator=g, dtype=torch.int32)
+    assert_routing_equal(*run_both(logits, k, expt_indx=idx))
+    hot = logits.clone()
+    hot[:, 3] = 1000
+    assert_routing_equal(*run_both(hot, k))
+    hist = torch.randint(0, 9000, (E,), device="cuda", generator=g, dtype=torch.int32)
+    got, ref = R.compute_expt_data(hist, E, T * k), R.compute_expt_data_torch(hist, E, T * k)
+    for bm in (16, 32, 64, 128):
+        assert torch.equal(got.block_pid_map[bm], ref.block_pid_map[bm])
+        assert torch.equal(got.token_offs_pad[bm], ref.token_offs_pad[bm])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,E,k,dtype", [(16384, 128, 4, torch.bfloat16), (64, 32, 4, torch.float32),
+                                         (65536, 256, 8, torch.bfloat16)])
+def test_routing_cuda_graph_replays_with_new_logits(T, E, k, dtype):
+    static = torch.randn(T, E, device="cuda").to(dtype)
+    n_rows = torch.tensor(T, device="cuda", dtype=torch.int32)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile and warm up outside the capture
+        for _ in range(2):
+            R.routing(static, k)
+            R.routing(static, k, n_rows=n_rows)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = R.routing(static, k)
+        out_rows = R.routing(static, k, n_rows=n_rows)
+    for trial in range(3):
+        fresh = torch.randn(T, E, device="cuda").to(dtype)
+        if trial == 2:
+            fresh[:, 1] = 50  # a very different distribution
+        static.copy_(fresh)
+        n_rows.fill_(T - 17 * trial)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_routing_equal(out, R.routing_torch(fresh, k))
+        assert_routing_equal(out_rows, R.routing_torch(fresh, k, n_rows=T - 17 * trial))
