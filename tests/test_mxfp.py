@@ -230,6 +230,29 @@ def test_values_on_the_grid_survive_a_round_trip(quant, device):
         assert_same_bits(up(q, s, torch.float32, 1), x)
 
 
+def test_e2m1_rounding_near_every_tie_and_grid_point(device):
+    """The kernels round with bit arithmetic, the reference with comparisons: check them against each
+    other on every fp32 pattern within 2000 ulps of each E2M1 grid point and midpoint, plus random ones."""
+    points = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0])
+    near = (points.view(torch.int32)[:, None] + torch.arange(-2000, 2001, dtype=torch.int32)[None, :]).reshape(-1)
+    near = near[near >= 0]
+    rand = torch.randint(0, 0x40C00001, (100_000,), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
+    vals = torch.cat([near, rand]).view(torch.float32)
+    vals = vals[(vals >= 0) & (vals <= 6.0)]
+    for top, mode in ((6.0, DequantScaleRoundingMode.ROUND_UP), (7.99, DequantScaleRoundingMode.ROUND_DOWN)):
+        n = -(-vals.numel() // 31) * 31
+        body = torch.cat([vals, torch.zeros(n - vals.numel())]).view(-1, 31)
+        body = torch.where(torch.arange(body.shape[0])[:, None] % 2 == 0, body, -body)
+        x = torch.cat([torch.full((body.shape[0], 1), top), body], dim=1)  # scale pinned to 1: q == x
+        if top > 6:
+            x[:, 1] = 6.0 + (7.99 - 6.0) * torch.rand(x.shape[0], generator=torch.Generator().manual_seed(2))
+        q_ref, s_ref = downcast_to_mxfp_torch(x, torch.uint8, 1, mode)
+        assert (s_ref == 127).all()
+        q, s = downcast_to_mxfp(x.to(device), torch.uint8, 1, mode)
+        assert_same_bits(q, q_ref)
+        assert_same_bits(s, s_ref)
+
+
 def test_round_up_never_saturates_and_round_down_can():
     x = torch.full((1, 32), 1.0)
     x[0, 0] = 7.0  # amax / 6 = 1.1667: UP -> scale 2, DOWN -> scale 1 and 7 saturates to 6

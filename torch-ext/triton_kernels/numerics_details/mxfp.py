@@ -415,7 +415,7 @@ def upcast_from_mxfp(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, a
             n_inner, q_so, q_si, q_m.stride(-1), s_so, s_si, s_m.stride(-1),
             IS_FP4=fmt.is_fp4, FP8_MANT=fmt.mantissa_bits, FP8_BIAS=fmt.bias,
             FP8_SUB_STEP=fmt.subnormal_step, IS_E4M3FN=q.dtype == torch.float8_e4m3fn,
-            OUT_BF16=dtype == torch.bfloat16,
+            OUT_BF16=dtype == torch.bfloat16, INTERPRETED=target_info.get_target().interpreter,
             BLOCK_R=block_r, BLOCK_L=block_l, num_warps=num_warps,
         )
     return out_moved.movedim(-1, axis)

@@ -34,19 +34,25 @@ def uniform_from_index(idx, seed):
 
 @triton.jit
 def e2m1_value(c):
-    """fp32 value of an E2M1 magnitude index c in 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6)."""
-    normal = (((c >> 1) + 126) << 23) | ((c & 1) << 22)
-    bits = tl.where(c >= 2, normal, tl.where(c == 1, 0x3F000000, 0))
-    return bits.to(tl.float32, bitcast=True)
+    """fp32 value of an E2M1 magnitude index c in 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6).
+
+    c << 22 puts E2M1's exponent and mantissa bits into fp32's fields; read as fp32 that is the
+    E2M1 value times 2^-126 (E2M1 subnormals land on fp32 subnormals), hence the exact rescale.
+    """
+    return (c << 22).to(tl.float32, bitcast=True) * 8.507059173023462e37  # 2^126
 
 
 @triton.jit
-def e2m1_nearest(a):
-    """Magnitude index of |q| = a rounded to the E2M1 grid, ties away from zero, saturating at 6."""
-    c = (a >= 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a >= 1.25).to(tl.int32)
-    c += (a >= 1.75).to(tl.int32) + (a >= 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-    c += (a >= 5.0).to(tl.int32)
-    return c
+def e2m1_nearest(a_bits):
+    """Magnitude index of |q| (given as its fp32 bits) rounded to the E2M1 grid, ties away from
+    zero, saturating at 6: the same function as comparing with 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.
+
+    From 1.0 up, E2M1 keeps one mantissa bit: adding half of it (bit 21) and shifting gives
+    (exponent << 1 | mantissa), rounded half away; below 1.0 the grid is 0, 0.5, 1.0.
+    """
+    normal = tl.minimum((a_bits + ((1 << 21) - (252 << 22))) >> 22, 7)
+    small = (a_bits >= 0x3E800000).to(tl.int32) + (a_bits >= 0x3F400000).to(tl.int32)
+    return tl.where(a_bits >= 0x3F800000, normal, small)
 
 
 @triton.jit

@@ -66,13 +66,13 @@ def _downcast_to_mxfp_kernel(
     q = tl.reshape(tl.reshape(x, [BLOCK_R, NB, MXFP_BLOCK]) * quant_scale[:, :, None], [BLOCK_R, BLOCK_L])
     zero = tl.reshape(tl.broadcast_to(zero_block[:, :, None], [BLOCK_R, NB, MXFP_BLOCK]), [BLOCK_R, BLOCK_L])
     if IS_FP4:
-        a = tl.abs(q)
+        qb = q.to(tl.int32, bitcast=True)
         if STOCHASTIC:
             idx = rows[:, None] * L + cols[None, :]
-            code = e2m1_stochastic(a, uniform_from_index(idx, seed))
+            code = e2m1_stochastic(tl.abs(q), uniform_from_index(idx, seed))
         else:
-            code = e2m1_nearest(a)
-        code = code | (((q.to(tl.int32, bitcast=True) >> 28) & 8))
+            code = e2m1_nearest(qb & 0x7FFFFFFF)
+        code = code | ((qb >> 28) & 8)
         code = tl.where(zero, 0, code).to(tl.uint8)
         lo, hi = tl.split(tl.reshape(code, [BLOCK_R, BLOCK_L // 2, 2]))
         packed = lo | (hi << 4)

@@ -8,7 +8,7 @@ scales likewise with their own strides. The output is written row-major [R, L].
 import triton
 import triton.language as tl
 
-from ._common import e2m1_value, e8m0_to_fp32, fp8_bits_to_fp32
+from ._common import e8m0_to_fp32, fp8_bits_to_fp32
 
 MXFP_BLOCK: tl.constexpr = 32
 
@@ -21,7 +21,7 @@ def _upcast_from_mxfp_kernel(
     s_stride_outer, s_stride_inner, s_stride_l,
     IS_FP4: tl.constexpr,
     FP8_MANT: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_SUB_STEP: tl.constexpr, IS_E4M3FN: tl.constexpr,
-    OUT_BF16: tl.constexpr,
+    OUT_BF16: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     NB: tl.constexpr = BLOCK_L // MXFP_BLOCK
@@ -40,8 +40,11 @@ def _upcast_from_mxfp_kernel(
         q_off = (outer * q_stride_outer + inner * q_stride_inner)[:, None] + qcols[None, :] * q_stride_l
         packed = tl.load(q_ptr + q_off, mask=row_ok[:, None] & (qcols < Lq)[None, :], other=0).to(tl.int32)
         codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), [BLOCK_R, BLOCK_L])
-        # The sign goes in as a bit: negating 0.0 in Triton (0 - x) would lose the -0 of code 8.
-        val = (e2m1_value(codes & 7).to(tl.int32, bitcast=True) | ((codes & 8) << 28)).to(tl.float32, bitcast=True)
+        # Sign bit to bit 31, exponent and mantissa bits to fp32's top fields (see e2m1_value): the
+        # float read from those bits is the signed E2M1 value times 2^-126. (A sign bit, not a negation:
+        # 0 - x would lose the -0 of code 8.)
+        fbits = ((codes & 8) << 28) | ((codes & 7) << 22)
+        val = fbits.to(tl.float32, bitcast=True) * 8.507059173023462e37  # 2^126
     else:
         cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
         q_off = (outer * q_stride_outer + inner * q_stride_inner)[:, None] + cols[None, :] * q_stride_l
@@ -55,7 +58,7 @@ def _upcast_from_mxfp_kernel(
 
     cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
     omask = row_ok[:, None] & (cols < L)[None, :]
-    if OUT_BF16:
+    if OUT_BF16 and INTERPRETED:
         # Round to nearest even by hand: the interpreter's own fp32 -> bf16 cast rounds ties up.
         ob = out.to(tl.uint32, bitcast=True)
         ob = (ob + 0x7FFF + ((ob >> 16) & 1)) >> 16
