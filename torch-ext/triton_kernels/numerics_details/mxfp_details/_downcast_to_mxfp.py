@@ -15,10 +15,10 @@ import triton.language as tl
 
 from ._common import e2m1_nearest, e2m1_stochastic, fp32_to_fp8_bits, uniform_from_index
 
-MXFP_BLOCK: tl.constexpr = 32
+MXFP_BLOCK = tl.constexpr(32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must stay a tensor (it gets .to(uint32))
 def _downcast_to_mxfp_kernel(
     src_ptr, q_ptr, scale_ptr,
     R, L, n_inner, stride_outer, stride_inner, stride_l,

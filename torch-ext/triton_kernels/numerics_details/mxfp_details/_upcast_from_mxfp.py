@@ -10,7 +10,7 @@ import triton.language as tl
 
 from ._common import e8m0_to_fp32, fp8_bits_to_fp32
 
-MXFP_BLOCK: tl.constexpr = 32
+MXFP_BLOCK = tl.constexpr(32)
 
 
 @triton.jit
