@@ -219,10 +219,18 @@ def test_routing_all_tokens_on_one_expert(device, poisoned_workspace):
 def test_routing_one_program_and_map_only_programs(device, poisoned_workspace, monkeypatch):
     # one topk program for all rows; the sort kernel then has programs that only fill tile maps
     monkeypatch.setattr(routing_details, "_target_programs", lambda: 1)
-    logits = torch.randn(4100, 8, generator=torch.Generator().manual_seed(4)).to(device)
-    plan = routing_details.make_routing_plan(4100, 8, 4, 1, False, 1)
+    logits = torch.randn(75, 256, generator=torch.Generator().manual_seed(4)).to(device)
+    plan = routing_details.make_routing_plan(75, 256, 4, 1, False, 1)
     assert plan.topk.n_programs == 1 and plan.n_sort_programs > 1
     assert_routing_equal(*run_both(logits, 4))
+
+
+def test_routing_strided_logits(device, poisoned_workspace):
+    big = torch.randn(60, 50, generator=torch.Generator().manual_seed(8)).to(device)
+    logits = big[::2, 1::2]  # row and column strides != (E, 1)
+    assert not logits.is_contiguous()
+    assert_routing_equal(*run_both(logits, 3))
+    assert_routing_equal(*run_both(big.t(), 2, sm_first=True))
 
 
 def test_routing_all_equal_logits(device, poisoned_workspace):

@@ -99,7 +99,7 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
     n_parts = cfg.n_programs
     n_slots = n_tokens * k
     n_local = n_expts // simulated_ep
-    slots_per_part = cfg.rows_per_program * k
+    slots_per_part = min(cfg.rows_per_program, n_tokens) * k  # one program owns all rows when T is small
     map_lens = tuple(max_tiles(n_slots, n_local, bm) for bm in BLOCK_SIZES)
     sizes = (n_slots, n_slots, n_slots, n_local) + (n_local + 1,) * 5 + map_lens + (
         n_slots, n_slots, n_parts * cfg.e_pad, n_parts)
@@ -153,7 +153,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
         num_warps=4,
     )
     (topk_indx, gate_indx, gate_scal, hist, raw, p16, p32, p64, p128, m16, m32, m64, m128,
-     _scratch_i, _scratch_w, _scratch_p, _scratch_d) = ws.split(plan.sizes)
+     _scratch_i, _scratch_w, _scratch_p, _scratch_d) = ws.split_with_sizes(plan.sizes)
     token_offs_pad = {16: p16, 32: p32, 64: p64, 128: p128}
     block_pid_map = {16: m16, 32: m32, 64: m64, 128: m128}
     return gate_scal.view(torch.float32), topk_indx, gate_indx, hist, raw, token_offs_pad, block_pid_map
@@ -178,5 +178,5 @@ def compute_expt_data_triton(hist: torch.Tensor, n_expts_tot: int, n_gates: int)
         hist, ws, offsets[0], offsets[1], offsets[2], n_expts_tot + 1, offsets[6], offsets[7], offsets[8],
         offsets[9], n_expts_tot, n_gates, E_PAD=e_pad, TILE_BLOCK=tile_block, num_warps=4,
     )
-    h, raw, p16, p32, p64, p128, m16, m32, m64, m128 = ws.split(sizes)
+    h, raw, p16, p32, p64, p128, m16, m32, m64, m128 = ws.split_with_sizes(sizes)
     return h, raw, {16: p16, 32: p32, 64: p64, 128: p128}, {16: m16, 32: m32, 64: m64, 128: m128}

@@ -1,0 +1,218 @@
+"""GPU check and benchmark of routing (top-k, expert sort, histograms, tile maps).
+
+    python benchmarks/bench_routing.py --out bench_routing.json [--reps 300] [--dtype bfloat16]
+
+1. Correctness first, on the same inputs that are timed: Triton `routing` against `routing_torch`
+   (indices, hist, offsets, tile maps exact; gate weights within 1 float32 ulp), eagerly and
+   through a CUDA graph replayed with fresh logits copied into the captured input.
+2. Timings for T in {1, 64, 4096, 16384}, E in {32, 128}, k = 4:
+   - eager: wall time per call of back-to-back `routing` calls (host work, allocation and
+     launches included), CUDA events around a batch, median of several batches;
+   - graphed: one `routing` captured in a CUDA graph, CUDA events around each replay, median
+     over many replays (`graph_x16` also reports a graph of 16 calls / 16, i.e. without the
+     per-replay launch latency);
+   - torch: `routing_torch` eagerly, same method as eager.
+   Targets (SPEC section 5): graphed <= 15 us, eager <= 40 us up to 16k tokens.
+3. Per-kernel GPU time (torch.profiler) for the largest shape, to show where the time goes.
+Prints a markdown table and writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from triton_kernels import routing_details, target_info  # noqa: E402
+from triton_kernels.routing import routing, routing_torch  # noqa: E402
+
+TOKENS = (1, 64, 4096, 16384)
+EXPERTS = (32, 128)
+TOPK = 4
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return os.environ.get("COMMIT", "unknown")
+
+
+# ----------------------------------------------------------------------------- correctness
+
+
+def mismatches(got, ref) -> list[str]:
+    rd, gi, si = got
+    rd_ref, gi_ref, si_ref = ref
+    bad = []
+    pairs = [("gather.src_indx", gi.src_indx, gi_ref.src_indx), ("gather.dst_indx", gi.dst_indx, gi_ref.dst_indx),
+             ("scatter.src_indx", si.src_indx, si_ref.src_indx), ("scatter.dst_indx", si.dst_indx, si_ref.dst_indx),
+             ("expt_hist", rd.expt_hist, rd_ref.expt_hist),
+             ("token_offs_raw", rd.expt_data.token_offs_raw, rd_ref.expt_data.token_offs_raw)]
+    for bm in (16, 32, 64, 128):
+        pairs.append((f"token_offs_pad[{bm}]", rd.expt_data.token_offs_pad[bm], rd_ref.expt_data.token_offs_pad[bm]))
+        pairs.append((f"block_pid_map[{bm}]", rd.expt_data.block_pid_map[bm], rd_ref.expt_data.block_pid_map[bm]))
+    for name, a, b in pairs:
+        if a.dtype != torch.int32 or a.shape != b.shape or not torch.equal(a, b):
+            bad.append(name)
+    a, b = rd.gate_scal, rd_ref.gate_scal
+    ulp = torch.nextafter(b.abs(), torch.full_like(b, math.inf)) - b.abs()
+    if a.dtype != torch.float32 or a.shape != b.shape or not bool(((a - b).abs() <= ulp).all()):
+        bad.append("gate_scal")
+    return bad
+
+
+def check_shape(n_tokens, n_expts, k, dtype, seed) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    logits = torch.randn(n_tokens, n_expts, device="cuda", generator=g).to(dtype)
+    ties = (torch.randint(-3, 3, (n_tokens, n_expts), device="cuda", generator=g) * 0.5).to(dtype)
+    problems = {}
+    for name, x in (("random", logits), ("ties", ties)):
+        bad = mismatches(routing(x, k), routing_torch(x, k))
+        if bad:
+            problems[f"eager/{name}"] = bad
+    # graph replay with new logits copied in
+    static = logits.clone()
+    graph, out = capture(lambda: routing(static, k), 1)
+    for trial in range(2):
+        fresh = torch.randn(n_tokens, n_expts, device="cuda", generator=g).to(dtype)
+        static.copy_(fresh)
+        graph.replay()
+        torch.cuda.synchronize()
+        bad = mismatches(out[0], routing_torch(fresh, k))
+        if bad:
+            problems[f"graph/replay{trial}"] = bad
+    return problems
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def capture(fn, n_calls):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [fn() for _ in range(n_calls)]
+    return graph, outs
+
+
+def time_eager_us(fn, reps: int, batches: int = 7) -> float:
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    per_call = []
+    for _ in range(batches):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        per_call.append(start.elapsed_time(end) * 1000 / reps)
+    return statistics.median(per_call)
+
+
+def time_graph_us(fn, reps: int, n_calls: int = 1) -> float:
+    graph, _ = capture(fn, n_calls)
+    for _ in range(10):
+        graph.replay()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) * 1000 for s, e in events) / n_calls
+
+
+def kernel_breakdown(n_tokens, n_expts, k, dtype) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
+    for _ in range(5):
+        routing(logits, k)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            routing(logits, k)
+        torch.cuda.synchronize()
+    out = {}
+    for evt in prof.key_averages():
+        if evt.device_type is not None and "cuda" in str(evt.device_type).lower() and evt.count:
+            out[evt.key] = round(evt.device_time_total / evt.count, 2) if hasattr(evt, "device_time_total") else None
+    return out
+
+
+def plan_summary(n_tokens, n_expts, k) -> dict:
+    plan = routing_details.make_routing_plan(n_tokens, n_expts, k, 1, False, routing_details._target_programs())
+    return dict(topk_programs=plan.topk.n_programs, block_t=plan.topk.block_t, n_iter=plan.topk.n_iter,
+                sort_programs=plan.n_sort_programs, slot_block=plan.slot_block, workspace_int32=plan.total)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench_routing.json")
+    parser.add_argument("--reps", type=int, default=300)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_routing: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    target = target_info.get_target()
+    dtype = getattr(torch, args.dtype)
+    import triton
+    meta = dict(device=torch.cuda.get_device_name(), variant=target.variant, torch=torch.__version__,
+                triton=triton.__version__, commit=commit(), dtype=args.dtype, k=TOPK, reps=args.reps)
+    print(f"# routing on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']}), "
+          f"{args.dtype} logits, k={TOPK}")
+
+    rows, all_ok = [], True
+    for n_expts in EXPERTS:
+        for n_tokens in TOKENS:
+            problems = check_shape(n_tokens, n_expts, TOPK, dtype, seed=n_tokens * 131 + n_expts)
+            all_ok &= not problems
+            logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
+            row = dict(T=n_tokens, E=n_expts, k=TOPK, correct=not problems, problems=problems,
+                       eager_us=time_eager_us(lambda: routing(logits, TOPK), args.reps // 3),
+                       graph_us=time_graph_us(lambda: routing(logits, TOPK), args.reps),
+                       graph_x16_us=time_graph_us(lambda: routing(logits, TOPK), max(20, args.reps // 8), 16),
+                       torch_us=time_eager_us(lambda: routing_torch(logits, TOPK), max(10, args.reps // 10), 5),
+                       plan=plan_summary(n_tokens, n_expts, TOPK))
+            rows.append(row)
+            print(f"  T={n_tokens} E={n_expts}: ok={row['correct']} eager {row['eager_us']:.1f} us, "
+                  f"graph {row['graph_us']:.1f} us ({row['graph_x16_us']:.1f} in a 16-call graph), "
+                  f"torch {row['torch_us']:.1f} us {problems or ''}", flush=True)
+
+    breakdown = kernel_breakdown(max(TOKENS), max(EXPERTS), TOPK, dtype)
+    print("\n| T | E | k | check | eager (µs) | graphed (µs) | graphed, 16 per graph (µs) | routing_torch (µs) |"
+          " eager ≤ 40 | graphed ≤ 15 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['T']} | {r['E']} | {r['k']} | {'ok' if r['correct'] else 'FAIL'} | {r['eager_us']:.1f} | "
+              f"{r['graph_us']:.1f} | {r['graph_x16_us']:.1f} | {r['torch_us']:.1f} | "
+              f"{'yes' if r['eager_us'] <= 40 else 'no'} | {'yes' if r['graph_us'] <= 15 else 'no'} |")
+    print(f"\nper-kernel GPU time (us per call) at T={max(TOKENS)}, E={max(EXPERTS)}: {breakdown}")
+    with open(args.out, "w") as f:
+        json.dump(dict(meta=meta, rows=rows, kernel_breakdown=breakdown), f, indent=2)
+    print(f"wrote {args.out}")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
