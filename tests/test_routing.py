@@ -233,6 +233,19 @@ def test_routing_strided_logits(device, poisoned_workspace):
     assert_routing_equal(*run_both(big.t(), 2, sm_first=True))
 
 
+@pytest.mark.parametrize("sm_first", [False, True])
+def test_routing_nan_and_inf_rows_behave_like_torch(sm_first, device, poisoned_workspace):
+    logits = torch.randn(12, 10, generator=torch.Generator().manual_seed(9))
+    logits[2] = float("-inf")  # all picks -inf: NaN weights, as torch.softmax gives
+    logits[3, :8] = float("nan")  # NaN ranks last, so it is picked only when it must be
+    logits[4, 5] = float("inf")
+    logits[5, ::2] = -0.0
+    logits[5, 1::2] = 0.0
+    got, ref = run_both(logits.to(device), 3, sm_first=sm_first)
+    assert_routing_equal(got, ref)
+    assert torch.isnan(got[0].gate_scal).any()
+
+
 def test_routing_all_equal_logits(device, poisoned_workspace):
     logits = torch.zeros(20, 12, device=device)
     got, ref = run_both(logits, 3)

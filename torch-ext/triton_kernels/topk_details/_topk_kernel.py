@@ -102,10 +102,12 @@ def topk_kernel(
         elif APPLY_SOFTMAX:
             pv = tl.where(slot_ok, picked.to(tl.float64), float("-inf"))
             pmax = tl.max(pv, axis=1)
-            pmax = tl.where(pmax == float("-inf"), 0.0, pmax)  # rows with no valid slot
+            # rows with no valid slot get weights 0, not NaN (-inf or +inf picks still give NaN, as in torch)
+            any_ok = tl.sum(slot_ok.to(tl.int32), axis=1) > 0
+            pmax = tl.where(any_ok, pmax, 0.0)
             num = tl.where(slot_ok, tl.exp(pv - pmax[:, None]), 0.0)
             denom = tl.sum(num, axis=1)
-            w = num / tl.where(denom > 0, denom, 1.0)[:, None]
+            w = num / tl.where(any_ok, denom, 1.0)[:, None]
         else:
             w = picked
         w = tl.where(slot_ok, w.to(tl.float32), 0.0)
