@@ -13,7 +13,8 @@ from . import topk
 from . import routing
 from . import swiglu
 from . import matmul_ogs
+from . import expert_parallel
 
 __version__ = "1.0.0"
 
-__all__ = ["target_info", "tensor", "tensor_details", "numerics", "numerics_details", "topk", "routing", "swiglu", "matmul_ogs"]
+__all__ = ["target_info", "tensor", "tensor_details", "numerics", "numerics_details", "topk", "routing", "swiglu", "matmul_ogs", "expert_parallel"]
