@@ -7,7 +7,6 @@ import dataclasses
 import datetime
 import os
 import time
-import types
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import torch.multiprocessing as mp
 import triton_kernels
 from triton_kernels import expert_parallel as ep
 from triton_kernels.matmul_ogs import FnSpecs, FusedActivation, PrecisionConfig, matmul_ogs
-from triton_kernels.numerics_details.mxfp import downcast_to_mxfp, upcast_from_mxfp
+from triton_kernels.numerics_details.mxfp import downcast_to_mxfp
 from triton_kernels.routing import routing
 from triton_kernels.swiglu import swiglu_fn
 from triton_kernels.tensor import FP4, Tensor, convert_layout, wrap_torch_tensor
@@ -36,9 +35,9 @@ def rel_err(a, b):
 
 def mx_weight(n_expts, k, n, seed, device, layout_name):
     """MXFP4 weight [E, K, N] quantized from random bf16 with downcast_to_mxfp along K, in a layout:
-    'default' (the probe's choice), 'hopper' (swizzled values and scales), 'raw' (uint8 tensors)."""
-    g = torch.Generator().manual_seed(seed)
-    w = (torch.randn(n_expts, k, n, generator=g) / k ** 0.5).to(device=device, dtype=torch.bfloat16)
+    'default' (the probe's choice), 'hopper' / 'blackwell' (swizzled values and scales), 'raw' (uint8 tensors)."""
+    g = torch.Generator(device=device).manual_seed(seed)  # same seed, same device kind: same weights on every rank
+    w = torch.randn(n_expts, k, n, generator=g, device=device, dtype=torch.bfloat16) / k ** 0.5
     codes, scales = downcast_to_mxfp(w, torch.uint8, axis=1)
     if layout_name == "raw":
         return codes, scales
@@ -49,6 +48,9 @@ def mx_weight(n_expts, k, n, seed, device, layout_name):
     elif layout_name == "hopper":
         vcls, vopts = L.HopperMXValueLayout, {"mx_axis": 1}
         scls, sopts = L.HopperMXScaleLayout, {"mx_axis": 1, "num_warps": 8}
+    elif layout_name == "blackwell":
+        vcls, vopts = L.HopperMXValueLayout, {"mx_axis": 1}
+        scls, sopts = L.BlackwellMXScaleLayout, {"mx_axis": 1}
     else:
         raise AssertionError(layout_name)
     return convert_layout(wt, vcls, **vopts), convert_layout(st, scls, **sopts)
@@ -57,16 +59,16 @@ def mx_weight(n_expts, k, n, seed, device, layout_name):
 def make_layer(n_expts, hidden, inter, device, layout_name="default", seed=0):
     w1, s1 = mx_weight(n_expts, hidden, 2 * inter, seed + 1, device, layout_name)
     w2, s2 = mx_weight(n_expts, inter, hidden, seed + 2, device, layout_name)
-    g = torch.Generator().manual_seed(seed + 3)
-    b1 = torch.randn(n_expts, 2 * inter, generator=g).to(device)
-    b2 = torch.randn(n_expts, hidden, generator=g).to(device)
+    g = torch.Generator(device=device).manual_seed(seed + 3)
+    b1 = torch.randn(n_expts, 2 * inter, generator=g, device=device)
+    b2 = torch.randn(n_expts, hidden, generator=g, device=device)
     return dict(w1=w1, w2=w2, b1=b1, b2=b2, pc1=PrecisionConfig(weight_scale=s1), pc2=PrecisionConfig(weight_scale=s2))
 
 
 def make_inputs(n_tokens, n_expts, hidden, device, seed=0):
-    g = torch.Generator().manual_seed(100 + seed)
-    x = torch.randn(n_tokens, hidden, generator=g).to(device=device, dtype=torch.bfloat16)
-    logits = torch.randn(n_tokens, n_expts, generator=g).to(device)
+    g = torch.Generator(device=device).manual_seed(100 + seed)
+    x = torch.randn(n_tokens, hidden, generator=g, device=device).bfloat16()
+    logits = torch.randn(n_tokens, n_expts, generator=g, device=device)
     return x, logits
 
 
@@ -155,7 +157,7 @@ def test_routing_ep_options_match_twin(device):
             assert_routing_equal(ep.routing_ep(logits, k, rank, W, **kw), ep.routing_ep_torch(logits, k, rank, W, **kw))
 
 
-@pytest.mark.parametrize("layout_name", ["default", "hopper", "raw"])
+@pytest.mark.parametrize("layout_name", ["default", "hopper", "blackwell", "raw"])
 def test_shard_experts_keeps_each_rank_slice(layout_name):
     E, K, N, W = 4, 64, 32, 2
     w, s = mx_weight(E, K, N, 7, "cpu", layout_name)
@@ -260,6 +262,11 @@ def _ep_checks(rank, world_size, device):
     for layout_name, T in (("hopper", 1), ("default", 7)) if not big else (("default", 64),):
         layer = make_layer(E, hidden, inter, device, layout_name)  # same seed: the same full weights everywhere
         x, logits = make_inputs(T, E, hidden, device, seed=T)
+        sums = torch.stack([t.sum(dtype=torch.float64) for t in (x, logits, layer["b1"], layer["w1"].storage.data,
+                                                                 layer["pc2"].weight_scale.storage.data)])
+        all_sums = [torch.empty_like(sums) for _ in range(world_size)]
+        dist.all_gather(all_sums, sums)
+        assert all(torch.equal(a, sums) for a in all_sums), "ranks must start from the same full layer and inputs"
         ref = full_layer(x, logits, k, layer)  # single-process layer, all experts, no collectives
         ref32 = full_layer(x, logits, k, layer, out_dtype=torch.float32)
         local = shard_layer(layer, rank, world_size)
@@ -337,13 +344,19 @@ def test_two_processes_gloo(tmp_path):
 # ----------------------------------------------------------------------------- GPU
 
 
+_GPU_LAYERS = {}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("E", [32, 128])
 @pytest.mark.parametrize("T", [1, 64, 4096])
 def test_gpu_gpt_oss_partials_sum_to_layer(E, T):
     """gpt-oss sizes on one GPU: the partials of 2 simulated ranks sum to the full layer; routing_ep == twin."""
     k, hidden, inter, W = 4, 2880, 2880, 2
-    layer = make_layer(E, hidden, inter, "cuda", "default")
+    if E not in _GPU_LAYERS:
+        _GPU_LAYERS.clear()
+        _GPU_LAYERS[E] = make_layer(E, hidden, inter, "cuda", "default")
+    layer = _GPU_LAYERS[E]
     x, logits = make_inputs(T, E, hidden, "cuda", seed=T)
     ref = full_layer(x, logits, k, layer)
     ref32 = full_layer(x, logits, k, layer, out_dtype=torch.float32)
