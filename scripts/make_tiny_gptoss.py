@@ -141,9 +141,10 @@ def dequantize_expert_weight(blocks: torch.Tensor, scales: torch.Tensor, dtype=t
     return w_nk.transpose(1, 2)
 
 
-def make_state_dict(spec: TinyGptOss) -> dict[str, torch.Tensor]:
+def make_state_dict(spec: TinyGptOss, quantize_device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Random weights at scales that keep activations O(1), so every block (attention, router, experts)
-    moves the logits; experts as MXFP4 blocks/scales, everything else bf16."""
+    moves the logits; experts as MXFP4 blocks/scales, everything else bf16. The weights come from a
+    CPU generator (the same on every machine); `quantize_device` only says where they are quantized."""
     g = torch.Generator().manual_seed(spec.seed)
 
     def randn(*shape, std=1.0):
@@ -168,11 +169,10 @@ def make_state_dict(spec: TinyGptOss) -> dict[str, torch.Tensor]:
         sd[p + "self_attn.sinks"] = randn(spec.num_heads)
         sd[p + "mlp.router.weight"] = randn(e, h, std=h ** -0.5)
         sd[p + "mlp.router.bias"] = randn(e, std=0.5)
-        # Expert weights in GptOssExperts' [E, K, N] orientation, std 2/sqrt(K) so the clamp at 7 acts sometimes.
-        gate_up = torch.randn(e, h, 2 * inter, generator=g) * (2 * h ** -0.5)
-        down = torch.randn(e, inter, h, generator=g) * (inter ** -0.5)
-        for name, w in (("gate_up_proj", gate_up), ("down_proj", down)):
-            blocks, scales = quantize_expert_weight(w)
+        # Expert weights in GptOssExperts' [E, K, N] orientation; gate_up at std 2/sqrt(K) so the clamp at 7 acts now and then.
+        for name, k, n, std in (("gate_up_proj", h, 2 * inter, 2 * h ** -0.5), ("down_proj", inter, h, inter ** -0.5)):
+            w = torch.randn(e, k, n, generator=g) * std
+            blocks, scales = (t.cpu() for t in quantize_expert_weight(w.to(quantize_device)))
             sd[p + f"mlp.experts.{name}_blocks"] = blocks
             sd[p + f"mlp.experts.{name}_scales"] = scales
         sd[p + "mlp.experts.gate_up_proj_bias"] = randn(e, 2 * inter, std=0.5)
@@ -180,10 +180,12 @@ def make_state_dict(spec: TinyGptOss) -> dict[str, torch.Tensor]:
     return sd
 
 
-def make_tiny_gptoss(out_dir: str | Path, spec: TinyGptOss | None = None, **sizes) -> Path:
+def make_tiny_gptoss(out_dir: str | Path, spec: TinyGptOss | None = None, *, quantize_device: str = "cpu",
+                     **sizes) -> Path:
     """Write config.json and model.safetensors of a random MXFP4 GPT-OSS model into `out_dir`; returns it.
 
-    Pass a `TinyGptOss` or its fields as keyword arguments (`make_tiny_gptoss(d, hidden_size=128)`)."""
+    Pass a `TinyGptOss` or its fields as keyword arguments (`make_tiny_gptoss(d, hidden_size=128)`);
+    `quantize_device="cuda"` quantizes there (faster at gpt-oss widths, same bytes)."""
     from safetensors.torch import save_file
 
     if spec is not None and sizes:
@@ -200,7 +202,7 @@ def make_tiny_gptoss(out_dir: str | Path, spec: TinyGptOss | None = None, **size
     saved = json.loads((out_dir / "config.json").read_text())
     if saved.get("quantization_config", {}).get("quant_method") != "mxfp4":
         raise RuntimeError(f"make_tiny_gptoss: config.json lost its quantization_config: {saved.get('quantization_config')}")
-    state_dict = make_state_dict(spec)
+    state_dict = make_state_dict(spec, quantize_device)
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(out_dir / SAFETENSORS_FILE),
               metadata={"format": "pt"})
     return out_dir
@@ -384,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = TinyGptOss()
     for field in dataclasses.fields(TinyGptOss):
         parser.add_argument("--" + field.name.replace("_", "-"), type=int, default=getattr(defaults, field.name))
+    parser.add_argument("--quantize-device", default="cpu", help="where to quantize the experts (cpu, cuda)")
     parser.add_argument("--gpt-oss-dims", action="store_true",
                         help="hidden/intermediate 2880 and gpt-oss heads (keeps --num-experts, --top-k, --num-layers)")
     args = parser.parse_args(argv)
@@ -396,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = gpt_oss_layer_dims(args.num_experts, args.top_k, args.num_layers, args.vocab_size, args.seed)
         else:
             spec = TinyGptOss(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TinyGptOss)})
-        out = make_tiny_gptoss(args.out, spec)
+        out = make_tiny_gptoss(args.out, spec, quantize_device=args.quantize_device)
     except (TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
