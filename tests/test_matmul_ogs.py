@@ -21,7 +21,7 @@ ALPHA, LIMIT = 1.702, 7.0
 
 
 def rel_err(a, b):
-    a, b = a.double(), b.double()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
@@ -95,17 +95,19 @@ def to_device(rd, gi, si, device):
 def mx_weight(n_expts, k, n, seed, device):
     """Random MXFP4 weight: packed codes [E, K/2, N] (stride 1 along K/2, as transformers passes them) and
     scales [E, K/32, N] (stride 1 along K/32)."""
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, 256, (n_expts, n, k // 2), generator=g, dtype=torch.uint8).transpose(1, 2)
-    scales = torch.randint(118, 125, (n_expts, n, k // 32), generator=g, dtype=torch.uint8).transpose(1, 2)
-    return codes.to(device), scales.to(device)
+    g = torch.Generator(device=device).manual_seed(seed)  # drawn where they live: gpt-oss sizes are GBs
+    codes = torch.randint(0, 256, (n_expts, n, k // 2), generator=g, dtype=torch.uint8, device=device).transpose(1, 2)
+    scales = torch.randint(118, 125, (n_expts, n, k // 32), generator=g, dtype=torch.uint8, device=device)
+    return codes, scales.transpose(1, 2)
 
 
 def dequant_reference(codes, scales):
-    """float64 [E, K, N] from packed codes [E, K/2, N] and scales [E, K/32, N]: the plain definition."""
-    c = codes.cpu().long()
-    w = torch.stack((E2M1[c & 15], E2M1[c >> 4]), dim=2).reshape(c.shape[0], 2 * c.shape[1], c.shape[2])
-    s = torch.exp2(scales.cpu().double() - 127).repeat_interleave(32, dim=1)
+    """float64 [E, K, N] from packed codes [E, K/2, N] and scales [E, K/32, N]: the plain definition
+    (computed on the codes' device)."""
+    c = codes.long()
+    lut = E2M1.to(c.device)
+    w = torch.stack((lut[c & 15], lut[c >> 4]), dim=2).reshape(c.shape[0], 2 * c.shape[1], c.shape[2])
+    s = torch.exp2(scales.double() - 127).repeat_interleave(32, dim=1)
     return w * s
 
 
@@ -192,7 +194,7 @@ def run_routed(device, gather, scatter, epi, act, wdtype, layout_name, n_tokens=
     if wdtype == "mxfp4":
         codes, scales = mx_weight(n_local, kdim, n, seed + 1, device)
         w, s = as_weight(codes, scales, layout_name)
-        w64 = dequant_reference(codes, scales)
+        w64 = dequant_reference(codes, scales).cpu()
         pc = PrecisionConfig(weight_scale=s)
     else:
         w = (torch.randn(n_local, kdim, n, device=device) / kdim ** 0.5).bfloat16()
@@ -291,7 +293,7 @@ def test_plain_and_batched(device, wdtype, batched):
     if wdtype == "mxfp4":
         codes, scales = mx_weight(ne, k, n, 6, device)
         w, s = (codes, scales) if batched else (codes[0], scales[0])
-        w64 = dequant_reference(codes, scales)
+        w64 = dequant_reference(codes, scales).cpu()
         pc = PrecisionConfig(weight_scale=s)
     else:
         w64 = torch.randn(ne, k, n, dtype=torch.float64) / k ** 0.5
@@ -337,7 +339,7 @@ def test_config_override_and_k_tail(device):
     pc = PrecisionConfig(weight_scale=scales[0])
     cfg = MatmulConfig(block_m=16, block_n=32, block_k=64, group_m=1, num_warps=4, num_stages=1)
     out = matmul_ogs(x, codes[0], None, precision_config=pc, config=cfg)
-    ref = torch.einsum("mk,kn->mn", x.cpu().double(), dequant_reference(codes, scales)[0])
+    ref = torch.einsum("mk,kn->mn", x.cpu().double(), dequant_reference(codes, scales)[0].cpu())
     assert rel_err(out, ref) <= 1e-2
 
 
@@ -412,9 +414,16 @@ def test_bad_inputs():
         matmul_ogs(x, codes, None, rd, precision_config=pc, epilogue=Epilogue(FnSpecs("e", swiglu_fn)))
     with pytest.raises(ValueError, match="`gather_indx` / `scatter_indx` need `routing_data`"):
         matmul_ogs(x, codes[0], None, gather_indx=gi, precision_config=PrecisionConfig(weight_scale=scales[0]))
+
+
+def test_missing_tile_map_entry_is_named(device):
+    """The Triton path reads the tile map of its block_m; a routing_data without it gets a clear error."""
+    x = torch.randn(4, 64, device=device).bfloat16()
+    codes, scales = mx_weight(2, 64, 32, 0, device)
+    rd, _, _, _ = routing_for(2, 2, 2, 0, device=device)
+    rd = types.SimpleNamespace(**{**vars(rd), "expt_data": types.SimpleNamespace(**{**vars(rd.expt_data), "block_pid_map": {}})})
     with pytest.raises(ValueError, match="`routing_data.expt_data.block_pid_map` has no entry"):
-        ed = types.SimpleNamespace(**{**vars(rd.expt_data), "block_pid_map": {}})
-        matmul_ogs(x, codes, None, types.SimpleNamespace(**{**vars(rd), "expt_data": ed}), precision_config=pc)
+        matmul_ogs(x, codes, None, rd, precision_config=PrecisionConfig(weight_scale=scales))
 
 
 # ---------------------------------------------------------------------------------------------
