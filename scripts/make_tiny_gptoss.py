@@ -55,7 +55,7 @@ SAFETENSORS_FILE = "model.safetensors"
 class TinyGptOss:
     """Sizes of the checkpoint. Defaults: the CPU test model. `gpt_oss_layer_dims()` gives real widths."""
 
-    hidden_size: int = 64
+    hidden_size: int = 128
     intermediate_size: int = 64
     num_experts: int = 4
     top_k: int = 2
@@ -63,7 +63,7 @@ class TinyGptOss:
     num_heads: int = 4
     num_kv_heads: int = 2
     head_dim: int = 16
-    vocab_size: int = 128
+    vocab_size: int = 64
     sliding_window: int = 4
     seed: int = 0
 
@@ -82,6 +82,10 @@ class TinyGptOss:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"make_tiny_gptoss: `num_heads` ({self.num_heads}) must be a multiple of "
                              f"`num_kv_heads` ({self.num_kv_heads})")
+        if self.num_experts + self.vocab_size > self.hidden_size:
+            raise ValueError(f"make_tiny_gptoss: `num_experts` + `vocab_size` ({self.num_experts} + {self.vocab_size}) "
+                             f"must be <= `hidden_size` ({self.hidden_size}): each expert and token gets its own "
+                             f"direction of the hidden space (see make_state_dict)")
 
 
 def gpt_oss_layer_dims(num_experts: int = 32, top_k: int = 4, num_layers: int = 2, vocab_size: int = 1024,
@@ -141,42 +145,86 @@ def dequantize_expert_weight(blocks: torch.Tensor, scales: torch.Tensor, dtype=t
     return w_nk.transpose(1, 2)
 
 
+# Decisions with margins far above bf16 noise. With plain random weights, near-ties are common: a
+# router whose k-th and (k+1)-th experts differ by less than rounding sends a token elsewhere in one
+# bf16 path and not in the other (transformers' own bf16 and fp32 paths disagree on a few tokens per
+# 32 at gpt-oss widths), and that one token dominates any logits comparison; the same holds for
+# greedy argmaxes. So the hidden space keeps orthonormal directions u_e (one per expert) and s_v
+# (one per token) that only the embeddings write (attention and expert outputs are projected off
+# them; MXFP4 rounding leaks a little back), and each token's embedding carries:
+#   - a routing code: ROUTE_CODE along u_e for top_k experts chosen at random per token; router row e
+#     reads u_e, so in every layer a token's k experts beat the others by many logits;
+#   - a next-token code: TOKEN_CODE along s_v; lm_head row next[v] reads s_v, scaled so the scripted
+#     next token leads the random, input-dependent part of the logits (std ~1.5) by ~NEXT_TOKEN_LEAD.
+# Everything else (attention, experts, the rest of the router and lm_head) is random, and the logits
+# depend on the experts far beyond the test tolerances (the tests zero the MoE output to show it).
+ROUTE_CODE = 16.0
+TOKEN_CODE = 16.0
+NEXT_TOKEN_LEAD = 12.0
+# Per-element rms that each layer's attention + experts add to the residual stream (measured: ~2.5).
+_LAYER_RMS = 2.5
+
+
+def next_token_map(spec: TinyGptOss) -> torch.Tensor:
+    """The greedy continuation written into the checkpoint: next[v] follows token v."""
+    return torch.randperm(spec.vocab_size, generator=torch.Generator().manual_seed(spec.seed + 1))
+
+
 def make_state_dict(spec: TinyGptOss, quantize_device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Random weights at scales that keep activations O(1), so every block (attention, router, experts)
-    moves the logits; experts as MXFP4 blocks/scales, everything else bf16. The weights come from a
+    """Random weights at scales that keep activations O(1), plus the routing and next-token codes
+    described above; experts as MXFP4 blocks/scales, everything else bf16. The weights come from a
     CPU generator (the same on every machine); `quantize_device` only says where they are quantized."""
     g = torch.Generator().manual_seed(spec.seed)
 
     def randn(*shape, std=1.0):
-        return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
+        return torch.randn(*shape, generator=g) * std
 
-    h, inter, e = spec.hidden_size, spec.intermediate_size, spec.num_experts
+    def bf16(t):
+        return t.to(torch.bfloat16)
+
+    h, inter, e, vocab = spec.hidden_size, spec.intermediate_size, spec.num_experts, spec.vocab_size
     q_dim, kv_dim = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    basis = torch.linalg.qr(randn(h, e + vocab)).Q.T  # e + vocab orthonormal directions
+    expert_dirs, token_dirs = basis[:e], basis[e:]
+    chosen = torch.stack([torch.randperm(e, generator=g)[:spec.top_k] for _ in range(vocab)])
+    routing_code = torch.zeros(vocab, e).scatter_(1, chosen, 1.0)
+    embed = randn(vocab, h) + ROUTE_CODE * routing_code @ expert_dirs + TOKEN_CODE * token_dirs
+    # Per-element rms of the last hidden state, which the final norm divides by.
+    rms = ((h + spec.top_k * ROUTE_CODE ** 2 + TOKEN_CODE ** 2) / h + spec.num_layers * _LAYER_RMS ** 2) ** 0.5
+    lm_head = randn(vocab, h, std=h ** -0.5)
+
+    def off_codes(w_out_last: torch.Tensor) -> torch.Tensor:
+        """`w` with its last (output, hidden-size) dimension projected off the code directions."""
+        return w_out_last - (w_out_last @ basis.T.to(w_out_last.device)) @ basis.to(w_out_last.device)
+
+    lm_head[next_token_map(spec)] += (NEXT_TOKEN_LEAD * rms / TOKEN_CODE) * token_dirs
     sd = {
-        "model.embed_tokens.weight": randn(spec.vocab_size, h),
-        "model.norm.weight": (1 + 0.1 * torch.randn(h, generator=g)).to(torch.bfloat16),
-        "lm_head.weight": randn(spec.vocab_size, h, std=h ** -0.5),
+        "model.embed_tokens.weight": bf16(embed),
+        "model.norm.weight": bf16(1 + 0.1 * randn(h)),
+        "lm_head.weight": bf16(lm_head),
     }
     for layer in range(spec.num_layers):
         p = f"model.layers.{layer}."
-        sd[p + "input_layernorm.weight"] = (1 + 0.1 * torch.randn(h, generator=g)).to(torch.bfloat16)
-        sd[p + "post_attention_layernorm.weight"] = (1 + 0.1 * torch.randn(h, generator=g)).to(torch.bfloat16)
+        sd[p + "input_layernorm.weight"] = bf16(1 + 0.1 * randn(h))
+        sd[p + "post_attention_layernorm.weight"] = bf16(1 + 0.1 * randn(h))
         for name, out_dim in (("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)):
-            sd[p + f"self_attn.{name}.weight"] = randn(out_dim, h, std=h ** -0.5)
-            sd[p + f"self_attn.{name}.bias"] = randn(out_dim, std=0.1)
-        sd[p + "self_attn.o_proj.weight"] = randn(h, q_dim, std=q_dim ** -0.5)
-        sd[p + "self_attn.o_proj.bias"] = randn(h, std=0.1)
-        sd[p + "self_attn.sinks"] = randn(spec.num_heads)
-        sd[p + "mlp.router.weight"] = randn(e, h, std=h ** -0.5)
-        sd[p + "mlp.router.bias"] = randn(e, std=0.5)
+            sd[p + f"self_attn.{name}.weight"] = bf16(randn(out_dim, h, std=h ** -0.5))
+            sd[p + f"self_attn.{name}.bias"] = bf16(randn(out_dim, std=0.1))
+        sd[p + "self_attn.o_proj.weight"] = bf16(off_codes(randn(h, q_dim, std=q_dim ** -0.5).T).T)
+        sd[p + "self_attn.o_proj.bias"] = bf16(off_codes(randn(h, std=0.1)))
+        sd[p + "self_attn.sinks"] = bf16(randn(spec.num_heads))
+        sd[p + "mlp.router.weight"] = bf16(expert_dirs + randn(e, h, std=0.1 * h ** -0.5))
+        sd[p + "mlp.router.bias"] = bf16(randn(e, std=0.1))
         # Expert weights in GptOssExperts' [E, K, N] orientation; gate_up at std 2/sqrt(K) so the clamp at 7 acts now and then.
         for name, k, n, std in (("gate_up_proj", h, 2 * inter, 2 * h ** -0.5), ("down_proj", inter, h, inter ** -0.5)):
-            w = torch.randn(e, k, n, generator=g) * std
-            blocks, scales = (t.cpu() for t in quantize_expert_weight(w.to(quantize_device)))
+            w = (torch.randn(e, k, n, generator=g) * std).to(quantize_device)
+            if name == "down_proj":
+                w = off_codes(w)
+            blocks, scales = (t.cpu() for t in quantize_expert_weight(w))
             sd[p + f"mlp.experts.{name}_blocks"] = blocks
             sd[p + f"mlp.experts.{name}_scales"] = scales
-        sd[p + "mlp.experts.gate_up_proj_bias"] = randn(e, 2 * inter, std=0.5)
-        sd[p + "mlp.experts.down_proj_bias"] = randn(e, h, std=0.5)
+        sd[p + "mlp.experts.gate_up_proj_bias"] = bf16(randn(e, 2 * inter, std=0.5))
+        sd[p + "mlp.experts.down_proj_bias"] = bf16(off_codes(randn(e, h, std=0.5)))
     return sd
 
 
@@ -280,6 +328,17 @@ def _kernel_report(model) -> dict:
     return info
 
 
+def _record_routing(store: list):
+    """Pre-hook on a GptOssMLP: the experts its router picks (recomputed in fp32 from its input)."""
+
+    def hook(module, args):
+        h = args[0].reshape(-1, args[0].shape[-1]).float()
+        logits = torch.nn.functional.linear(h, module.router.weight.float(), module.router.bias.float())
+        store.append(torch.sort(logits.topk(module.router.top_k, dim=-1).indices, dim=-1).values.cpu())
+
+    return hook
+
+
 def _zero_moe(module, inputs, output):
     out, router_logits = output
     return torch.zeros_like(out), router_logits
@@ -326,12 +385,18 @@ def run_job(job: dict) -> dict:
                 _spy(hub.routing, "routing", calls, "routing")
             with torch.no_grad():
                 model(input_ids=ids)  # warm-up (Triton compiles on first use)
+                experts_chosen = []
+                hooks = [layer.mlp.register_forward_pre_hook(_record_routing(experts_chosen))
+                         for layer in model.model.layers]
                 sync()
                 t0 = time.perf_counter()
                 logits = model(input_ids=ids).logits
                 sync()
                 res["forward_s"] = time.perf_counter() - t0
+                for hook in hooks:
+                    hook.remove()
             tensors[f"{kind}/logits"] = logits.float().cpu()
+            tensors[f"{kind}/experts_chosen"] = torch.stack(experts_chosen)  # [layers, tokens, top_k]
             res["calls_after_forward"] = dict(calls)
             if kind == "mxfp4" and job.get("ablate_moe"):
                 hooks = [layer.mlp.register_forward_hook(_zero_moe) for layer in model.model.layers]
@@ -345,10 +410,11 @@ def run_job(job: dict) -> dict:
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     out = model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                                         pad_token_id=0)
+                                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
                 sync()
                 res["generate_s"] = time.perf_counter() - t0
-                res["generated"] = out[:, ids.shape[1]:].tolist()
+                res["generated"] = out.sequences[:, ids.shape[1]:].tolist()
+                tensors[f"{kind}/generate_logits"] = torch.stack(out.logits, dim=1).float().cpu()  # [B, n_new, V]
             if kind == "mxfp4" and job.get("save_to"):
                 unswizzled: dict = {}
                 experts = model.model.layers[0].mlp.experts

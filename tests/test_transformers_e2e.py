@@ -35,7 +35,7 @@ from test_loading import offline_env
 REPO_ID = "kernels-community/gpt-oss-triton-kernels"  # what transformers 5.x asks for (version=1)
 WORKER = REPO_ROOT / "scripts" / "make_tiny_gptoss.py"
 REL_TOL = 2e-2
-TINY = tiny.TinyGptOss()  # hidden 64, intermediate 64, 4 experts, top-2, 2 layers (sliding + full)
+TINY = tiny.TinyGptOss()  # hidden 128, intermediate 64, 4 experts, top-2, 2 layers (sliding + full), vocab 64
 # transformers' MXFP4 save path (Mxfp4HfQuantizer.get_state_dict_and_metadata) reshapes blocks with a
 # hard-coded 90 = 2880 / 32, so a save round trip needs hidden = intermediate = 2880.
 SAVABLE = tiny.TinyGptOss(hidden_size=2880, intermediate_size=2880, vocab_size=128)
@@ -172,6 +172,8 @@ def test_bad_sizes_are_refused_clearly(tmp_path):
         tiny.TinyGptOss(num_layers=0)
     with pytest.raises(ValueError, match="`num_heads` \\(4\\) must be a multiple of `num_kv_heads` \\(3\\)"):
         tiny.TinyGptOss(num_kv_heads=3)
+    with pytest.raises(ValueError, match=r"`num_experts` \+ `vocab_size` \(4 \+ 128\) must be <= `hidden_size` \(128\)"):
+        tiny.TinyGptOss(vocab_size=128)
     with pytest.raises(TypeError, match="`w_kn` must be a floating tensor"):
         tiny.quantize_expert_weight(torch.zeros(4, 32))
     with pytest.raises(ValueError, match="K=40 must be a multiple of 32"):
@@ -211,9 +213,19 @@ def test_offline_cache_by_repo_id_matches_dequantized(hub_cache, tiny_ckpt, tmp_
     assert rel_err(ours, f32) <= 1.25 * rel_err(deq, f32) + 1e-3
     # ... and the experts matter at that tolerance: without their output the logits move far more.
     assert rel_err(t["mxfp4/logits_moe_zeroed"], deq) > 10 * REL_TOL
+    # Both paths route every token to the same experts (the checkpoint's routing margins are far above
+    # bf16 noise), and the prompts reach every expert.
+    assert torch.equal(t["mxfp4/experts_chosen"], t["dequant/experts_chosen"])
+    assert set(t["mxfp4/experts_chosen"].unique().tolist()) == set(range(TINY.num_experts))
+    # Greedy generation: same tokens (the continuation the checkpoint scripts with a wide margin), and
+    # the 1-token decode steps' logits agree like the prefill's.
     gen_ours, gen_deq = mx["generated"], res["loads"]["dequant"]["generated"]
     assert len(gen_ours) == 2 and all(len(row) == 8 for row in gen_ours)
     assert gen_ours == gen_deq, (gen_ours, gen_deq)
+    nxt = tiny.next_token_map(TINY).tolist()
+    for prompt, row in zip(input_ids(TINY.vocab_size), gen_ours):
+        assert row == [nxt[prompt[-1]]] + [nxt[t] for t in row[:-1]], row
+    assert rel_err(t["mxfp4/generate_logits"], t["dequant/generate_logits"]) <= REL_TOL
 
 
 def test_local_kernels_override_runs_the_triton_kernels(built, tiny_ckpt, tmp_path):
