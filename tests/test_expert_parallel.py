@@ -236,7 +236,7 @@ def test_bad_input_is_named():
 # ----------------------------------------------------------------------------- 2 processes (gloo)
 
 
-def _ep_worker(rank, world_size, init_file, backend):
+def _ep_worker(rank, world_size, init_file, backend, parent_interpret):
     os.environ["LOCAL_RANK"] = str(rank)  # transformers' routing_torch_dist reads it
     torch.set_num_threads(1)
     device = "cpu"
@@ -244,7 +244,7 @@ def _ep_worker(rank, world_size, init_file, backend):
         torch.cuda.set_device(rank)
         device = f"cuda:{rank}"
     else:
-        assert os.environ.get("TRITON_INTERPRET") == "1", "children must run the kernels as the parent does"
+        assert os.environ.get("TRITON_INTERPRET") == parent_interpret, "children must run the kernels as the parent does"
     dist = torch.distributed
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=60))
@@ -320,7 +320,8 @@ def _ep_checks(rank, world_size, device):
 
 def run_spawned(tmp_path, world_size, backend):
     init_file = tmp_path / "rendezvous"
-    ctx = mp.spawn(_ep_worker, args=(world_size, str(init_file), backend), nprocs=world_size, join=False)
+    ctx = mp.spawn(_ep_worker, args=(world_size, str(init_file), backend, os.environ.get("TRITON_INTERPRET")),
+                   nprocs=world_size, join=False)
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     try:
         while not ctx.join(timeout=1):
