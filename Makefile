@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt requirements.lock
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 test: install
 	$(PY) -m pytest -q tests
