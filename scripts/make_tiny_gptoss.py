@@ -1,11 +1,13 @@
 """Make a small GPT-OSS checkpoint with MXFP4 experts, in the format transformers 5.x loads.
 
-    python -m scripts.make_tiny_gptoss --out DIR [--hidden-size 64 --intermediate-size 64 --experts 4 --top-k 2
-                                                  --layers 2 --heads 4 --kv-heads 2 --head-dim 16 --vocab 128 --seed 0]
+    python -m scripts.make_tiny_gptoss --out DIR [--hidden-size 128 --intermediate-size 64 --num-experts 4
+        --top-k 2 --num-layers 2 --num-heads 4 --num-kv-heads 2 --head-dim 16 --vocab-size 64 --seed 0]
+    python -m scripts.make_tiny_gptoss --out DIR --gpt-oss-dims [--num-experts 32 --top-k 4] [--quantize-device cuda]
+    python -m scripts.make_tiny_gptoss --run-job JOB.json      (load and run a checkpoint: see run_job)
 
 The model has gpt-oss's structure at a size a CPU runs in seconds: attention sinks, alternating
 sliding/full attention layers, SwiGLU experts (alpha 1.702, limit 7) with biases, a router with a
-bias, random weights. The experts are quantized to MXFP4 with our `downcast_to_mxfp_torch` and
+bias, random weights (with routing and next-token codes, see make_state_dict). The experts are quantized to MXFP4 with our `downcast_to_mxfp_torch` and
 stored as the released gpt-oss checkpoints store them, which is what transformers'
 `Mxfp4Deserialize` / `convert_moe_packed_tensors` read:
 
@@ -45,6 +47,7 @@ def _mxfp():
 
     assert mxfp.MXFP_BLOCK_SIZE == MXFP_BLOCK_SIZE
     return mxfp
+
 
 # What the released gpt-oss checkpoints keep unquantized (transformers reads this list from config.json).
 MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
@@ -233,7 +236,8 @@ def make_tiny_gptoss(out_dir: str | Path, spec: TinyGptOss | None = None, *, qua
     """Write config.json and model.safetensors of a random MXFP4 GPT-OSS model into `out_dir`; returns it.
 
     Pass a `TinyGptOss` or its fields as keyword arguments (`make_tiny_gptoss(d, hidden_size=128)`);
-    `quantize_device="cuda"` quantizes there (faster at gpt-oss widths, same bytes)."""
+    `quantize_device="cuda"` projects and quantizes the experts there (faster at gpt-oss widths; the
+    random draws are the CPU generator's either way, the last bits of the projection may differ)."""
     from safetensors.torch import save_file
 
     if spec is not None and sizes:
