@@ -43,7 +43,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
@@ -51,7 +50,7 @@ from safetensors import safe_open  # noqa: E402
 from scripts import make_tiny_gptoss as tiny  # noqa: E402
 from scripts import publish  # noqa: E402
 from scripts.build_variants import build_variants  # noqa: E402
-from test_loading import offline_env  # noqa: E402  (the tests' air-gapped environment, reused)
+from scripts.offline import offline_env  # noqa: E402
 
 REPO_ID = "kernels-community/gpt-oss-triton-kernels"
 REL_TOL = 2e-2

@@ -24,6 +24,7 @@ from kernels._rust import Backend
 
 from scripts import publish
 from scripts.build_variants import REPO_ROOT, build_variants
+from scripts.offline import offline_env
 
 REPO_IDS = ("kernels-community/triton_kernels", "kernels-community/gpt-oss-triton-kernels")
 
@@ -67,16 +68,6 @@ def run_python(code: str, env: dict) -> tuple[dict, str]:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT:")]
     assert len(lines) == 1, proc.stdout + proc.stderr
     return json.loads(lines[0][len("RESULT:"):]), proc.stderr
-
-
-def offline_env(tmp_path: Path, cache: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "KERNELS_", "LOCAL_KERNELS"))}
-    home = tmp_path / "hf_home"
-    home.mkdir(exist_ok=True)
-    env.update(HF_HOME=str(home), HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               TRITON_INTERPRET="1")
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="module")

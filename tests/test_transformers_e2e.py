@@ -30,7 +30,7 @@ from safetensors import safe_open
 from scripts import publish
 from scripts import make_tiny_gptoss as tiny
 from scripts.build_variants import REPO_ROOT, build_variants
-from test_loading import offline_env
+from scripts.offline import offline_env
 
 REPO_ID = "kernels-community/gpt-oss-triton-kernels"  # what transformers 5.x asks for (version=1)
 WORKER = REPO_ROOT / "scripts" / "make_tiny_gptoss.py"
