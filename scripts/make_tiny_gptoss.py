@@ -284,6 +284,10 @@ def _load(kind: str, checkpoint: str, device: str):
     else:
         kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
+    if kind == "dequant_fp32":
+        # On CUDA, Mxfp4Config(dequantize=True) leaves the experts in bf16 even with dtype=float32,
+        # and transformers' batched_mm experts then refuse float32 activations: make it all float32.
+        model = model.float()
     model.eval()
     return model
 
