@@ -32,12 +32,14 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from bench_common import commit  # noqa: E402
 
 os.environ["NCCL_NVLS_ENABLE"] = "0"  # no NVLink SHARP / multicast on the lent machines
 if "--cpu-dry-run" in sys.argv:
@@ -59,14 +61,6 @@ DEVICE = "cuda"  # --cpu-dry-run: "cpu" (gloo, interpreted Triton, tiny sizes; c
 ALPHA, LIMIT = 1.702, 7.0
 SWIGLU = FusedActivation(FnSpecs("swiglu", swiglu_fn, ("alpha", "limit")), (ALPHA, LIMIT), 2)
 TOL_BF16, TOL_FP32 = 1e-2, 1e-5
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return os.environ.get("COMMIT", "unknown")
 
 
 def rel_err(a, b) -> float:

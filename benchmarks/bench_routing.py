@@ -24,13 +24,15 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from bench_common import commit  # noqa: E402
 
 from triton_kernels import routing_details, target_info  # noqa: E402
 from triton_kernels.routing import routing, routing_torch  # noqa: E402
@@ -38,14 +40,6 @@ from triton_kernels.routing import routing, routing_torch  # noqa: E402
 TOKENS = (1, 64, 4096, 16384)
 EXPERTS = (32, 128)
 TOPK = 4
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return os.environ.get("COMMIT", "unknown")
 
 
 # ----------------------------------------------------------------------------- correctness

@@ -28,3 +28,12 @@ def pytest_collection_modifyitems(config, items):
 def device():
     """The device the Triton kernels run on here: cuda on a GPU box, cpu (interpreted) otherwise."""
     return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """One build of the real package (the Hub tree) per test run; tests that change it work on a copy."""
+    from scripts.build_variants import REPO_ROOT, build_variants
+    out = tmp_path_factory.mktemp("built") / "build"
+    build_variants(REPO_ROOT, out)
+    return out

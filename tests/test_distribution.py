@@ -49,14 +49,6 @@ def hermetic_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    """One build of the real package; tests that change it work on a copy."""
-    out = tmp_path_factory.mktemp("dist") / "build"
-    build_variants(REPO_ROOT, out)
-    return out
-
-
 @pytest.fixture
 def build_copy(built, tmp_path) -> Path:
     dst = tmp_path / "repo" / "build"

@@ -23,7 +23,7 @@ from kernels import get_kernel, get_loaded_kernels, get_local_kernel
 from kernels._rust import Backend
 
 from scripts import publish
-from scripts.build_variants import REPO_ROOT, build_variants
+from scripts.build_variants import REPO_ROOT
 from scripts.offline import offline_env
 
 REPO_IDS = ("kernels-community/triton_kernels", "kernels-community/gpt-oss-triton-kernels")
@@ -68,13 +68,6 @@ def run_python(code: str, env: dict) -> tuple[dict, str]:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT:")]
     assert len(lines) == 1, proc.stdout + proc.stderr
     return json.loads(lines[0][len("RESULT:"):]), proc.stderr
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("load") / "build"
-    build_variants(REPO_ROOT, out)
-    return out
 
 
 @pytest.fixture
