@@ -114,3 +114,12 @@ def e8m0_to_fp32(s):
     """E8M0 scale byte (int32) -> 2^(s-127); 0 gives 2^-127 (an fp32 subnormal), 255 gives NaN."""
     bits = tl.where(s == 255, 0x7FC00000, tl.where(s == 0, 0x400000, s << 23))
     return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def program_tile(L, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's (row indices [BLOCK_R], column-tile index) over a [R, L] grid, int64."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_l_tiles = tl.cdiv(L, BLOCK_L)
+    rows = (pid // n_l_tiles) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    return rows, pid % n_l_tiles

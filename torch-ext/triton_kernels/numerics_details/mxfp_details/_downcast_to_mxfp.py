@@ -13,7 +13,7 @@ blocks); Triton's coalescing follows whichever input stride is 1.
 import triton
 import triton.language as tl
 
-from ._common import e2m1_nearest, e2m1_stochastic, fp32_to_fp8_bits, uniform_from_index
+from ._common import e2m1_nearest, e2m1_stochastic, fp32_to_fp8_bits, program_tile, uniform_from_index
 
 MXFP_BLOCK = tl.constexpr(32)
 
@@ -31,12 +31,7 @@ def _downcast_to_mxfp_kernel(
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     NB: tl.constexpr = BLOCK_L // MXFP_BLOCK
-    pid = tl.program_id(0).to(tl.int64)
-    n_l_tiles = tl.cdiv(L, BLOCK_L)
-    pid_r = pid // n_l_tiles
-    pid_l = pid % n_l_tiles
-
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    rows, pid_l = program_tile(L, BLOCK_R, BLOCK_L)
     cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
     row_ok = rows < R
     row_off = (rows // n_inner) * stride_outer + (rows % n_inner) * stride_inner

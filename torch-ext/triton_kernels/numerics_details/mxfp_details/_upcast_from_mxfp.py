@@ -8,7 +8,7 @@ scales likewise with their own strides. The output is written row-major [R, L].
 import triton
 import triton.language as tl
 
-from ._common import e8m0_to_fp32, fp8_bits_to_fp32
+from ._common import e8m0_to_fp32, fp8_bits_to_fp32, program_tile
 
 MXFP_BLOCK = tl.constexpr(32)
 
@@ -25,12 +25,7 @@ def _upcast_from_mxfp_kernel(
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     NB: tl.constexpr = BLOCK_L // MXFP_BLOCK
-    pid = tl.program_id(0).to(tl.int64)
-    n_l_tiles = tl.cdiv(L, BLOCK_L)
-    pid_r = pid // n_l_tiles
-    pid_l = pid % n_l_tiles
-
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    rows, pid_l = program_tile(L, BLOCK_R, BLOCK_L)
     row_ok = rows < R
     outer = rows // n_inner
     inner = rows % n_inner
