@@ -184,7 +184,7 @@ def independent_routed(x, w64, bias, expts, gi, si, rd, gather, scatter, act, ga
 
 
 def run_routed(device, gather, scatter, epi, act, wdtype, layout_name, n_tokens=9, n_expts=4, k=2, kdim=64,
-               n=64, local=None, seed=0):
+               n=64, local=None, seed=0, config=None):
     torch.manual_seed(seed)
     rd, gi, si, expts = routing_for(n_tokens, n_expts if local is None else local[2], k, seed,
                                     None if local is None else local[:2], device)
@@ -208,7 +208,7 @@ def run_routed(device, gather, scatter, epi, act, wdtype, layout_name, n_tokens=
     kwargs = dict(gather_indx=gi if gather else None, scatter_indx=si if scatter else None, precision_config=pc,
                   gammas=gammas, fused_activation=fa)
     y = torch.full((out_rows, n_out), float("nan"), dtype=torch.bfloat16, device=device)
-    out = matmul_ogs(x, w, bias, rd, y=y, **kwargs)
+    out = matmul_ogs(x, w, bias, rd, y=y, config=config, **kwargs)
     assert out is y
     ref = matmul_ogs_torch(x, w, bias, rd, **kwargs)
     return out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs)
@@ -341,6 +341,43 @@ def test_config_override_and_k_tail(device):
     out = matmul_ogs(x, codes[0], None, precision_config=pc, config=cfg)
     ref = torch.einsum("mk,kn->mn", x.cpu().double(), dequant_reference(codes, scales)[0].cpu())
     assert rel_err(out, ref) <= 1e-2
+
+
+SWAPPED = MatmulConfig(block_m=16, block_n=32, block_k=64, group_m=1, num_warps=4, num_stages=1, swap_xw=True)
+
+
+@pytest.mark.parametrize("layout_name", ["raw", "default"])
+@pytest.mark.parametrize("gather,scatter,epi,act,wdtype", [(True, False, True, True, "mxfp4"),
+                                                          (False, True, True, False, "mxfp4"),
+                                                          (True, True, False, False, "bf16")])
+def test_swapped_mainloop_matches_reference(device, layout_name, gather, scatter, epi, act, wdtype):
+    """The acc^T = w^T @ x^T main loop (decode / wgmma path), with a K tail (96 = 64 + 32)."""
+    out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
+        device, gather, scatter, epi, act, wdtype, layout_name if wdtype == "mxfp4" else "raw", kdim=96, n=64,
+        config=SWAPPED)
+    assert not out.isnan().any(), "output not fully written"
+    assert rel_err(out, ref) <= 1e-2
+    indep = independent_routed(x, w64, bias, expts, gi, si, rd, gather, scatter, act, gammas)
+    assert rel_err(out, indep) <= 1e-2
+
+
+@pytest.mark.parametrize("swap_xw", [False, True])
+def test_every_fp4_code_and_scale_decodes_exactly(device, swap_xw):
+    """x = identity, so out = the dequantized weight: all 256 bytes (both nibbles) under scales from 2^-27
+    to 2^33, in both main loops, bit for bit; a 255 scale makes its column NaN."""
+    kdim, n = 64, 256
+    codes = torch.arange(n, dtype=torch.int32).to(torch.uint8).repeat(kdim // 2, 1)  # column j: byte j
+    scale_values = torch.tensor([100, 117, 120, 126, 127, 128, 131, 160], dtype=torch.int32)
+    scales = scale_values[torch.arange(2 * n) % 8].reshape(n, 2).t().contiguous().to(torch.uint8)
+    scales[1, 7] = 255
+    x = torch.eye(kdim).bfloat16()
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=64, group_m=1, num_warps=4, num_stages=1, swap_xw=swap_xw)
+    out = matmul_ogs(x.to(device), codes.to(device), None, config=cfg,
+                     precision_config=PrecisionConfig(weight_scale=scales.to(device), out_dtype=torch.float32))
+    ref = dequant_reference(codes[None], scales[None])[0]
+    keep = torch.arange(n) != 7  # column 7 has a NaN block: every row of it is NaN (0 * NaN in the dot)
+    torch.testing.assert_close(out.cpu().double()[:, keep], ref[:, keep], rtol=0, atol=0)
+    assert out[:, 7].isnan().all()
 
 
 def test_scale_255_gives_nan_and_zero_block(device):

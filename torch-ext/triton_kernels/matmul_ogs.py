@@ -437,6 +437,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
             HAS_ALPHA=out_alpha is not None,
             DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+            SWAP_XW=bool(cfg.swap_xw),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     if p.scatter is None:

@@ -9,8 +9,13 @@ weights), and G is a power of two (a constexpr, so the division is a shift).
 MXFP4 is upcast in registers: the packed byte tile [BLOCK_K/2, BLOCK_N] is split into its low
 nibbles (even K) and high nibbles (odd K); each nibble is decoded arithmetically (no table in
 memory), scaled by 2^(scale-127) built from the exponent bits, and cast to the activation dtype.
-The activation tile is de-interleaved the same way, so the dot runs as two half-K dots
-(even K against the low nibbles, odd K against the high nibbles) without shuffling weights.
+Two main loops (a launch-config choice, `MatmulConfig.swap_xw`):
+* _mainloop: acc = x @ w. The activation tile is de-interleaved like the weight bytes, so the dot
+  runs as two half-K dots (even K against the low nibbles, odd K against the high nibbles).
+* _swapped_mainloop: acc^T = w^T @ x^T. The decoded weight is the left operand (wgmma reads it
+  from registers on Hopper), N fills the MMA's M dimension (few-row decode tiles still use a
+  64-wide wgmma), the nibbles are joined back into K order (one dot per BLOCK_K, x as loaded),
+  and E2M1 is decoded from bit patterns rather than an int->float conversion.
 """
 
 from __future__ import annotations
@@ -44,6 +49,25 @@ def _e8m0_half(s):
 
 
 @triton.jit
+def _e2m1_bits(code):
+    """Nibble (int32, 0..15) -> its E2M1 value, exactly, as float32, built from bits (no table, no
+    int->float conversion): magnitudes 1..6 are the bfloat16 patterns 0x3F00 + 64*mag for mag >= 2,
+    0x3F00 (0.5) for mag == 1, 0 for mag == 0; the sign is bit 3 moved to bit 15."""
+    mag = code & 7
+    bits = tl.where(mag >= 2, 0x3F00 + (mag << 6), tl.where(mag == 1, 0x3F00, 0))
+    bits = (bits | ((code & 8) << 12)) << 16
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e8m0(s):
+    """E8M0 scale byte (int32) -> 2^(s - 127) as float32; 255 -> NaN."""
+    bits = tl.where(s == 0, 0x00400000, s << 23)  # s == 0: 2^-127 is a float32 subnormal
+    bits = tl.where(s == 255, 0x7FC00000, bits)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _k_offsets(k, stride_k_group, stride_k_inner, KG: tl.constexpr, INDEX_64: tl.constexpr):
     """(k // KG)*stride_k_group + (k % KG)*stride_k_inner; the plain product when KG == 1."""
     if INDEX_64:
@@ -66,6 +90,94 @@ def _swizzle_tile(pid, n_tiles_m, n_tiles_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
+              W, stride_w_kg, stride_w_ki, stride_w_n, WS, stride_ws_kg, stride_ws_ki, stride_ws_n,
+              offs_n_safe, mask_n, K, W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
+              DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] = x tile @ w tile: x de-interleaved into even/odd K, two half-K dots."""
+    x_ptrs = X + x_rows[:, None] * stride_x_m
+    w_base = W + offs_n_safe[None, :] * stride_w_n
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptrs + offs_k[None, :] * stride_x_k, mask=mask_x[:, None] & (offs_k < K)[None, :], other=0.0)
+        if W_MX:
+            offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
+            packed_w = tl.load(w_base + w_off[:, None], mask=(offs_kp < K // 2)[:, None] & mask_n[None, :], other=0)
+            offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
+            s_ptrs = WS + s_off[:, None] + offs_n_safe[None, :] * stride_ws_n
+            s = tl.load(s_ptrs, mask=(offs_ks < K // 32)[:, None] & mask_n[None, :], other=0).to(tl.int32)
+            scale = _e8m0_half(s)[:, None, :]
+            packed_w = packed_w.to(tl.int32)
+            w_lo = tl.reshape(_e2m1_twice(packed_w & 15), (BLOCK_K // 32, 16, BLOCK_N))
+            w_hi = tl.reshape(_e2m1_twice(packed_w >> 4), (BLOCK_K // 32, 16, BLOCK_N))
+            w_lo = tl.reshape(w_lo * scale, (BLOCK_K // 2, BLOCK_N))
+            w_hi = tl.reshape(w_hi * scale, (BLOCK_K // 2, BLOCK_N))
+            x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
+            if DOT_F32:
+                acc = tl.dot(x_even.to(tl.float32), w_lo, acc)
+                acc = tl.dot(x_odd.to(tl.float32), w_hi, acc)
+            else:
+                acc = tl.dot(x_even, w_lo.to(x.dtype), acc)
+                acc = tl.dot(x_odd, w_hi.to(x.dtype), acc)
+        else:
+            w_off = _k_offsets(offs_k, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
+            w = tl.load(w_base + w_off[:, None], mask=(offs_k < K)[:, None] & mask_n[None, :], other=0.0)
+            if DOT_F32:
+                acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc)
+            else:
+                acc = tl.dot(x, w.to(x.dtype), acc)
+
+    return acc
+
+
+@triton.jit
+def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
+                      W, stride_w_kg, stride_w_ki, stride_w_n, WS, stride_ws_kg, stride_ws_ki, stride_ws_n,
+                      offs_n_safe, mask_n, K, W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
+                      DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N], computed transposed: acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
+
+    The upcast weight is the dot's left operand (on Hopper wgmma takes it from registers, so the
+    decoded tile never goes through shared memory) and N becomes the MMA's M dimension, which
+    lets a tile with few rows (decode) still fill a 64-wide wgmma. The weight tile is read as
+    [BLOCK_N, BLOCK_K/2] bytes (K contiguous in the Hopper value layout); the low and high nibbles
+    are joined back into K order, so x needs no de-interleave and one dot covers BLOCK_K.
+    """
+    xt_ptrs = X + x_rows[None, :] * stride_x_m
+    w_base = W + offs_n_safe[:, None] * stride_w_n
+    s_base = WS + offs_n_safe[:, None] * stride_ws_n
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xt = tl.load(xt_ptrs + offs_k[:, None] * stride_x_k, mask=(offs_k < K)[:, None] & mask_x[None, :], other=0.0)
+        if W_MX:
+            offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
+            packed = tl.load(w_base + w_off[None, :], mask=mask_n[:, None] & (offs_kp < K // 2)[None, :], other=0)
+            offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
+            s = tl.load(s_base + s_off[None, :], mask=mask_n[:, None] & (offs_ks < K // 32)[None, :], other=0)
+            scale = _e8m0(s.to(tl.int32))
+            packed = packed.to(tl.int32)
+            w = tl.join(_e2m1_bits(packed & 15), _e2m1_bits(packed >> 4))  # [BLOCK_N, BLOCK_K/2, 2]: K order
+            w = tl.reshape(w, (BLOCK_N, BLOCK_K // 32, 32)) * scale[:, :, None]
+            w = tl.reshape(w, (BLOCK_N, BLOCK_K))
+        else:
+            w_off = _k_offsets(offs_k, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
+            w = tl.load(w_base + w_off[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
+        if DOT_F32:
+            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
+        else:
+            acc = tl.dot(w.to(xt.dtype), xt, acc)
+    return tl.trans(acc)
+
+
+@triton.jit
 def _matmul_ogs_kernel(
     Y, stride_y_b, stride_y_m, stride_y_n,
     X, stride_x_b, stride_x_m, stride_x_k,
@@ -82,6 +194,7 @@ def _matmul_ogs_kernel(
     HAS_BIAS: tl.constexpr, HAS_BETAS: tl.constexpr, HAS_GAMMAS: tl.constexpr, HAS_ALPHA: tl.constexpr,
     DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SWAP_XW: tl.constexpr = False,
 ):
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
@@ -118,40 +231,18 @@ def _matmul_ogs_kernel(
         offs_n_safe = offs_n_safe.to(tl.int64)
         x_rows = x_rows.to(tl.int64)
 
-    x_ptrs = X + pid_b * stride_x_b + x_rows[:, None] * stride_x_m
-    w_base = W + expt * stride_w_e + offs_n_safe[None, :] * stride_w_n
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptrs + offs_k[None, :] * stride_x_k, mask=mask_x[:, None] & (offs_k < K)[None, :], other=0.0)
-        if W_MX:
-            offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
-            packed_w = tl.load(w_base + w_off[:, None], mask=(offs_kp < K // 2)[:, None] & mask_n[None, :], other=0)
-            offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-            s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
-            s_ptrs = WS + expt * stride_ws_e + s_off[:, None] + offs_n_safe[None, :] * stride_ws_n
-            s = tl.load(s_ptrs, mask=(offs_ks < K // 32)[:, None] & mask_n[None, :], other=0).to(tl.int32)
-            scale = _e8m0_half(s)[:, None, :]
-            packed_w = packed_w.to(tl.int32)
-            w_lo = tl.reshape(_e2m1_twice(packed_w & 15), (BLOCK_K // 32, 16, BLOCK_N))
-            w_hi = tl.reshape(_e2m1_twice(packed_w >> 4), (BLOCK_K // 32, 16, BLOCK_N))
-            w_lo = tl.reshape(w_lo * scale, (BLOCK_K // 2, BLOCK_N))
-            w_hi = tl.reshape(w_hi * scale, (BLOCK_K // 2, BLOCK_N))
-            x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
-            if DOT_F32:
-                acc = tl.dot(x_even.to(tl.float32), w_lo, acc)
-                acc = tl.dot(x_odd.to(tl.float32), w_hi, acc)
-            else:
-                acc = tl.dot(x_even, w_lo.to(x.dtype), acc)
-                acc = tl.dot(x_odd, w_hi.to(x.dtype), acc)
-        else:
-            w_off = _k_offsets(offs_k, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
-            w = tl.load(w_base + w_off[:, None], mask=(offs_k < K)[:, None] & mask_n[None, :], other=0.0)
-            if DOT_F32:
-                acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc)
-            else:
-                acc = tl.dot(x, w.to(x.dtype), acc)
+    if SWAP_XW:
+        acc = _swapped_mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
+                                W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
+                                WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
+                                offs_n_safe, mask_n, K, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
+                                BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
+                        W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
+                        WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
+                        offs_n_safe, mask_n, K, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
+                        BLOCK_M, BLOCK_N, BLOCK_K)
 
     if HAS_BIAS:
         bias = tl.load(Bias + expt * stride_bias_e + offs_n, mask=mask_n, other=0.0).to(tl.float32)

@@ -22,6 +22,7 @@ class MatmulConfig:
     group_m: int  # M tiles walked together before moving to the next N tile (L2 reuse of x)
     num_warps: int
     num_stages: int
+    swap_xw: bool = False  # compute acc^T = w^T @ x^T (decoded weight as the MMA's left operand)
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "group_m"):
@@ -56,6 +57,18 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
         # Small tiles keep the interpreter (numpy per op) fast.
         return MatmulConfig(block_m=min(block_m, 16), block_n=max(16, min_n), block_k=64 if weight_is_mx else 32,
                             group_m=2, num_warps=4, num_stages=1)
+    if variant == "hopper" and weight_is_mx:
+        # Swapped main loop (decoded weight as wgmma's register operand); measured on the H100 with
+        # benchmarks/sweep_matmul.py (see benchmarks/NOTES_matmul_perf.md): BLOCK_K = 128 and 4 warps
+        # win at every size (the E2M1 decode, not the memory, bounds these tiles: fewer values per
+        # thread per step means fewer registers and more CTAs per SM).
+        if block_m <= 16:
+            return MatmulConfig(block_m, 64, 128, 1, 4, 3, swap_xw=True)
+        if block_m <= 32:
+            return MatmulConfig(block_m, 64, 128, 4, 4, 3, swap_xw=True)
+        if block_m <= 64:
+            return MatmulConfig(block_m, 128, 128, 8, 4, 3, swap_xw=True)
+        return MatmulConfig(128, 64, 128, 8, 4, 3, swap_xw=True)
     if variant in ("hopper", "blackwell"):
         if block_m <= 16:
             return MatmulConfig(block_m, 64, 256 if weight_is_mx else 128, 1, 4, 4)
