@@ -5,7 +5,7 @@
 For each shape (E experts, T tokens, top-4, default weight layouts) and each matmul (gate_up:
 gathered + SwiGLU; down: scattered + gammas) it runs every candidate MatmulConfig once on a
 NaN-poisoned output, checks that every element was written and that the result matches the
-default config's output (itself checked against float64 by tests and bench_matmul) to 1e-2, and
+original unswapped main loop's output (checked against float64 by the tests) to 1e-2, and
 only then times it (CUDA-graph replays for T <= 64, do_bench medians otherwise). It also records
 each compiled kernel's registers, spills, shared memory and whether its PTX uses wgmma.
 Prints a table of the best configs per shape last; writes every number as JSON.
@@ -33,15 +33,15 @@ from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
 from triton_kernels.matmul_ogs_details.configs import choose_config  # noqa: E402
 
 C = MatmulConfig
-DECODE = [C(16, bn, bk, 1, 4, st, True) for bn in (64, 128) for bk in (128, 256) for st in (2, 3, 4)] + [
-    C(16, 32, 256, 1, 4, 3, True), C(16, 64, 512, 1, 4, 2, True), C(16, 128, 256, 1, 8, 3, True),
-    C(16, 64, 256, 1, 4, 4), C(16, 128, 256, 1, 4, 4)]
-PREFILL = [C(128, 128, 128, 8, 8, 3, True), C(128, 128, 64, 8, 8, 4, True), C(128, 128, 128, 8, 4, 3, True),
-           C(64, 128, 128, 8, 4, 3, True), C(128, 256, 64, 8, 8, 3, True), C(128, 128, 128, 8, 8, 4, True),
-           C(64, 128, 128, 8, 8, 4, True), C(128, 64, 128, 8, 4, 3, True), C(128, 128, 128, 8, 8, 3),
-           C(128, 256, 64, 8, 8, 3)]
-MID = [C(64, 128, 128, 8, 4, 3, True), C(64, 128, 128, 8, 8, 3, True), C(64, 64, 128, 8, 4, 3, True),
-       C(32, 128, 128, 4, 4, 3, True), C(64, 128, 256, 8, 4, 2, True), C(64, 128, 128, 8, 4, 3)]
+P = dict(swap_xw=True)
+DECODE = [C(16, 64, 128, 1, 4, 3, True), C(16, 64, 128, 1, 4, 2, **P), C(16, 64, 128, 1, 4, 4, **P),
+          C(16, 64, 256, 1, 4, 3, **P), C(16, 64, 256, 1, 4, 4, **P), C(16, 128, 128, 1, 4, 3, **P),
+          C(16, 128, 256, 1, 4, 3, **P), C(16, 128, 128, 1, 8, 4, **P), C(16, 64, 512, 1, 4, 3, **P)]
+PREFILL = [C(128, 64, 128, 8, 4, 3, True), C(128, 128, 128, 8, 4, 3, **P), C(128, 128, 128, 8, 8, 3, **P),
+           C(128, 128, 64, 8, 8, 4, **P), C(128, 256, 64, 8, 8, 3, **P), C(128, 128, 128, 8, 8, 4, **P),
+           C(128, 64, 128, 8, 4, 4, **P), C(128, 256, 128, 8, 8, 3, **P)]
+MID = [C(64, 128, 128, 8, 4, 3, True), C(64, 128, 128, 8, 8, 3, **P), C(64, 64, 128, 8, 4, 3, **P),
+       C(64, 128, 128, 8, 4, 4, **P), C(64, 128, 256, 8, 4, 3, **P)]
 
 
 def candidates(rows_per_expt):
@@ -114,11 +114,14 @@ def main():
         rd, gi, si = routing(torch.randn(n_tokens, n_expts, device="cuda"), TOPK)
         n_hit = int((rd.expt_hist > 0).sum().item())
         rows = n_tokens * TOPK
-        h_ref = layer.gate_up(x, rd, gi)
-        out_ref = layer.down(h_ref, rd, si)
+        rpe = rows / n_expts
+        # reference outputs from the original (unswapped) main loop, which the test suite checks vs float64
+        bm = 16 if rpe <= 16 else 64 if rpe <= 64 else 128
+        ref_cfg = {16: C(16, 64, 256, 1, 4, 4), 64: C(64, 128, 128, 8, 4, 3), 128: C(128, 128, 128, 8, 8, 3)}[bm]
+        h_ref = layer.gate_up(x, rd, gi, config=ref_cfg)
+        out_ref = layer.down(h_ref, rd, si, config=ref_cfg)
         h = torch.empty_like(h_ref)
         out = torch.empty_like(out_ref)
-        rpe = rows / n_expts
         for name, k, n in (("gate_up", HIDDEN, 2 * INTER), ("down", INTER, HIDDEN)):
             floor = max(n_hit * weight_bytes(k, n) / bw, 2 * rows * k * n / rate)
             dflt = choose_config(rpe, n, k, True, 2 if name == "gate_up" else 1)
