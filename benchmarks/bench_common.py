@@ -15,3 +15,17 @@ def commit() -> str:
                               check=True).stdout.strip()
     except Exception:
         return os.environ.get("COMMIT", "unknown")
+
+
+def report_header() -> dict:
+    """What every benchmark report starts with: device, probe variant, versions, commit, date."""
+    import time
+
+    import torch
+    import triton
+
+    from triton_kernels import target_info
+
+    return {"device": torch.cuda.get_device_name(), "variant": target_info.get_target().variant,
+            "triton": triton.__version__, "torch": torch.__version__, "commit": commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -19,19 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import triton  # noqa: E402
+from bench_common import report_header  # noqa: E402
+
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
-from triton_kernels import target_info  # noqa: E402
 from triton_kernels.matmul_ogs import (FnSpecs, FusedActivation, MatmulConfig, PrecisionConfig,  # noqa: E402
                                        matmul_ogs, matmul_ogs_torch)
 from triton_kernels.swiglu import swiglu_fn  # noqa: E402
@@ -42,12 +41,6 @@ SWIGLU = FusedActivation(FnSpecs("swiglu", swiglu_fn, ("alpha", "limit")), (ALPH
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return os.environ.get("COMMIT", "unknown")
 
 
 def routing(logits, k):
@@ -237,10 +230,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
-    target = target_info.get_target()
-    report = {"device": torch.cuda.get_device_name(), "variant": target.variant, "triton": triton.__version__,
-              "torch": torch.__version__, "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "checks": [], "timings": []}
+    report = {**report_header(), "checks": [], "timings": []}
     layouts = layouts_to_run()
     token_counts = [1, 64, 4096] if args.quick else [1, 8, 64, 512, 4096, 16384]
     ok = True

@@ -32,7 +32,6 @@ import bench_matmul as bm  # noqa: E402
 import triton  # noqa: E402
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
-from triton_kernels import target_info  # noqa: E402
 from triton_kernels.routing import routing, routing_torch  # noqa: E402
 
 HIDDEN, INTER, TOPK = bm.HIDDEN, bm.INTER, bm.TOPK
@@ -135,12 +134,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
-    target = target_info.get_target()
-    report = {"device": torch.cuda.get_device_name(), "variant": target.variant, "triton": triton.__version__,
-              "torch": torch.__version__, "commit": bm.commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "checks": [], "rows": []}
+    report = {**bm.report_header(), "checks": [], "rows": []}
     report["machine"] = machine = bm.measure_machine()
-    print(f"# {report['device']} ({target.variant}), triton {triton.__version__}, torch {torch.__version__}, "
+    print(f"# {report['device']} ({report['variant']}), triton {triton.__version__}, torch {torch.__version__}, "
           f"commit {report['commit']}, {report['date']}")
     print(f"copy bandwidth {machine['copy_bandwidth_GBps']:.0f} GB/s, dense bf16 {machine['dense_bf16_TFLOPs']:.0f} TFLOP/s",
           flush=True)

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import commit  # noqa: E402
 
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
@@ -56,15 +57,6 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")  # milliseconds
-
-
-def commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[1]
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - the commit is informative only
-        return os.environ.get("GIT_COMMIT", "unknown")
 
 
 def main() -> int:
