@@ -14,6 +14,7 @@ Prints a table of the best configs per shape last; writes every number as JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,15 +34,26 @@ from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
 from triton_kernels.matmul_ogs_details.configs import choose_config  # noqa: E402
 
 C = MatmulConfig
-P = dict(swap_xw=True)
-DECODE = [C(16, 64, 128, 1, 4, 3, True), C(16, 64, 128, 1, 4, 2, **P), C(16, 64, 128, 1, 4, 4, **P),
-          C(16, 64, 256, 1, 4, 3, **P), C(16, 64, 256, 1, 4, 4, **P), C(16, 128, 128, 1, 4, 3, **P),
-          C(16, 128, 256, 1, 4, 3, **P), C(16, 128, 128, 1, 8, 4, **P), C(16, 64, 512, 1, 4, 3, **P)]
-PREFILL = [C(128, 64, 128, 8, 4, 3, True), C(128, 128, 128, 8, 4, 3, **P), C(128, 128, 128, 8, 8, 3, **P),
-           C(128, 128, 64, 8, 8, 4, **P), C(128, 256, 64, 8, 8, 3, **P), C(128, 128, 128, 8, 8, 4, **P),
-           C(128, 64, 128, 8, 4, 4, **P), C(128, 256, 128, 8, 8, 3, **P)]
-MID = [C(64, 128, 128, 8, 4, 3, True), C(64, 128, 128, 8, 8, 3, **P), C(64, 64, 128, 8, 4, 3, **P),
-       C(64, 128, 128, 8, 4, 4, **P), C(64, 128, 256, 8, 4, 3, **P)]
+
+
+def _with_decoders(configs, decoders=("ptx", "words")):
+    """Each config with each decoder (the first config also keeps its byte decoder, for comparison)."""
+    out = [configs[0]]
+    for cfg in configs:
+        out += [dataclasses.replace(cfg, decode=d) for d in decoders]
+    return out
+
+
+DECODE = _with_decoders([C(16, 64, 128, 1, 4, 3, True), C(16, 64, 256, 1, 4, 3, True), C(16, 128, 128, 1, 4, 3, True),
+                         C(16, 64, 128, 1, 4, 4, True), C(16, 128, 256, 1, 8, 3, True), C(16, 64, 512, 1, 4, 3, True)],
+                        ("ptx",)) + [C(16, 64, 128, 1, 4, 3, True, "words")]
+PREFILL = _with_decoders([C(128, 64, 128, 8, 4, 3, True), C(128, 128, 128, 8, 8, 3, True),
+                          C(128, 256, 64, 8, 8, 3, True), C(128, 128, 64, 8, 4, 4, True),
+                          C(128, 256, 128, 8, 8, 3, True), C(128, 128, 128, 8, 4, 3, True)], ("ptx",)) + [
+    C(128, 128, 128, 8, 8, 3, True, "words")]
+MID = _with_decoders([C(64, 128, 128, 8, 4, 3, True), C(64, 64, 128, 8, 4, 3, True), C(64, 128, 128, 8, 4, 4, True),
+                      C(64, 128, 256, 8, 4, 3, True), C(64, 256, 64, 8, 8, 3, True)], ("ptx",)) + [
+    C(64, 128, 128, 8, 4, 3, True, "words")]
 
 
 def candidates(rows_per_expt):

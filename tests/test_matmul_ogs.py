@@ -1,6 +1,7 @@
 """matmul_ogs: Triton kernel (interpreted here, compiled on the GPU) against matmul_ogs_torch, and
 matmul_ogs_torch against an independent float64 einsum on dequantized weights."""
 
+import dataclasses
 import itertools
 import types
 import warnings
@@ -346,32 +347,42 @@ def test_config_override_and_k_tail(device):
 SWAPPED = MatmulConfig(block_m=16, block_n=32, block_k=64, group_m=1, num_warps=4, num_stages=1, swap_xw=True)
 
 
-@pytest.mark.parametrize("layout_name", ["raw", "default"])
-@pytest.mark.parametrize("gather,scatter,epi,act,wdtype", [(True, False, True, True, "mxfp4"),
-                                                          (False, True, True, False, "mxfp4"),
-                                                          (True, True, False, False, "bf16")])
-def test_swapped_mainloop_matches_reference(device, layout_name, gather, scatter, epi, act, wdtype):
-    """The acc^T = w^T @ x^T main loop (decode / wgmma path), with a K tail (96 = 64 + 32)."""
+_SWAPPED_CASES = [(True, False, True, True, "mxfp4"), (False, True, True, False, "mxfp4"), (True, True, False, False, "bf16")]
+
+
+# the word decoders change only MXFP4 weights stored K-contiguous (the default Hopper layout)
+@pytest.mark.parametrize("layout_name,gather,scatter,epi,act,wdtype,decode", [
+    (layout, *case, decode) for layout in ("raw", "default") for case in _SWAPPED_CASES
+    for decode in (("bytes", "words", "ptx") if layout == "default" and case[-1] == "mxfp4" else ("bytes",))])
+def test_swapped_mainloop_matches_reference(device, layout_name, gather, scatter, epi, act, wdtype, decode):
+    """The acc^T = w^T @ x^T main loop (decode / wgmma path), with a K tail (96 = 64 + 32), in every
+    decoder ("ptx" runs as "words" in the interpreter)."""
     out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
         device, gather, scatter, epi, act, wdtype, layout_name if wdtype == "mxfp4" else "raw", kdim=96, n=64,
-        config=SWAPPED)
+        config=dataclasses.replace(SWAPPED, decode=decode))
     assert not out.isnan().any(), "output not fully written"
     assert rel_err(out, ref) <= 1e-2
     indep = independent_routed(x, w64, bias, expts, gi, si, rd, gather, scatter, act, gammas)
     assert rel_err(out, indep) <= 1e-2
 
 
-@pytest.mark.parametrize("swap_xw", [False, True])
-def test_every_fp4_code_and_scale_decodes_exactly(device, swap_xw):
+@pytest.mark.parametrize("swap_xw,decode", [(False, "bytes"), (True, "bytes"), (True, "words"), (True, "ptx")])
+def test_every_fp4_code_and_scale_decodes_exactly(device, swap_xw, decode):
     """x = identity, so out = the dequantized weight: all 256 bytes (both nibbles) under scales from 2^-27
-    to 2^33, in both main loops, bit for bit; a 255 scale makes its column NaN."""
+    to 2^33, in both main loops and every decoder, bit for bit; a 255 scale makes its column NaN.
+    The codes are stored K-contiguous (as the Hopper layout and transformers store them), which the
+    word decoders need; "ptx" runs as "words" where inline PTX cannot (the interpreter)."""
     kdim, n = 64, 256
     codes = torch.arange(n, dtype=torch.int32).to(torch.uint8).repeat(kdim // 2, 1)  # column j: byte j
+    # vary the bytes down each column too, so a decoder that mixes up K positions cannot pass
+    codes = (codes.to(torch.int32) + 37 * torch.arange(kdim // 2)[:, None]).remainder(256).to(torch.uint8)
+    codes = codes.t().contiguous().t()
     scale_values = torch.tensor([100, 117, 120, 126, 127, 128, 131, 160], dtype=torch.int32)
     scales = scale_values[torch.arange(2 * n) % 8].reshape(n, 2).t().contiguous().to(torch.uint8)
     scales[1, 7] = 255
     x = torch.eye(kdim).bfloat16()
-    cfg = MatmulConfig(block_m=16, block_n=32, block_k=64, group_m=1, num_warps=4, num_stages=1, swap_xw=swap_xw)
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=64, group_m=1, num_warps=4, num_stages=1, swap_xw=swap_xw,
+                       decode=decode)
     out = matmul_ogs(x.to(device), codes.to(device), None, config=cfg,
                      precision_config=PrecisionConfig(weight_scale=scales.to(device), out_dtype=torch.float32))
     ref = dequant_reference(codes[None], scales[None])[0]
@@ -606,3 +617,27 @@ def test_transformers_gpt_oss_experts_forward_runs_unchanged(device, monkeypatch
     w1 = tm.convert_moe_packed_tensors(gu_blocks, gu_scales, dtype=torch.float32).double()  # [E, H, 2I]
     w2 = tm.convert_moe_packed_tensors(dn_blocks, dn_scales, dtype=torch.float32).double()  # [E, I, H]
     assert rel_err(out.cpu(), moe_float64(x, logits, k, w1, b1, w2, b2)) <= 1e-2
+
+
+def test_decoder_choice_falls_back_where_operands_or_backend_do_not_allow():
+    """MatmulConfig.decode is a preference: word decoders need K-contiguous, 4-byte aligned FP4 bytes,
+    inline PTX needs CUDA and bf16 activations; a bad name is refused."""
+    from triton_kernels import matmul_ogs as mm
+
+    x = torch.randn(4, 64).bfloat16()
+    k_contig = torch.zeros(32, 8, dtype=torch.uint8).t().contiguous().t()  # [K/2, N], K-contiguous
+    n_contig = torch.zeros(32, 8, dtype=torch.uint8)
+    scales = torch.full((2, 8), 127, dtype=torch.uint8)
+    cfg = dataclasses.replace(SWAPPED, decode="ptx")
+
+    def chosen(w, config):
+        p = mm._check(x, w, None, None, None, None, PrecisionConfig(weight_scale=scales), None, None, None, None, None)
+        return mm._decoder(config, p)
+
+    interpreted = target_info.get_target().interpreter
+    assert chosen(k_contig, cfg) == (1 if interpreted else 2)
+    assert chosen(k_contig, dataclasses.replace(cfg, decode="words")) == 1
+    assert chosen(n_contig, cfg) == 0
+    assert chosen(k_contig, dataclasses.replace(cfg, swap_xw=False)) == 0
+    with pytest.raises(ValueError, match="decode"):
+        MatmulConfig(16, 32, 64, 1, 4, 1, swap_xw=True, decode="nibbles")

@@ -62,7 +62,7 @@ import triton
 from . import target_info
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
-from .matmul_ogs_details.configs import MatmulConfig, choose_config
+from .matmul_ogs_details.configs import DECODERS, MatmulConfig, choose_config
 from .numerics import InFlexData, OutFlexData
 from .swiglu import swiglu_fn, swiglu_fn_torch
 
@@ -383,6 +383,23 @@ def _needs_int64(p: _Problem, out: torch.Tensor, x: torch.Tensor) -> bool:
     return max(spans) > _INT32_LIMIT
 
 
+def _decoder(cfg: MatmulConfig, p: _Problem) -> int:
+    """The kernel's DECODE constexpr: the config's MXFP4 decoder where the operands and the backend
+    allow it, else the next simpler one (same values bit for bit, only the speed differs)."""
+    if not cfg.swap_xw or p.ws is None:
+        return 0
+    a = p.w.addressing
+    words = (a.k_group == 1 and a.stride_k_group == 1 and a.stride_n % 4 == 0 and a.stride_e % 4 == 0
+             and p.w.data.data_ptr() % 4 == 0)
+    if not words:
+        return 0
+    want = DECODERS.index(cfg.decode)
+    target = target_info.get_target()
+    ptx_ok = (not target.interpreter and target.capability is not None and target.capability >= (8, 0)
+              and p.x.dtype == torch.bfloat16)
+    return 1 if want == 2 and not ptx_ok else want
+
+
 def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
     x = p.x
     routed_rows_per_group = p.rows / max(1, p.w.n_experts or 1) if p.routed else p.rows
@@ -437,7 +454,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
             HAS_ALPHA=out_alpha is not None,
             DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            SWAP_XW=bool(cfg.swap_xw),
+            SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     if p.scatter is None:

@@ -134,46 +134,191 @@ def _mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     return acc
 
 
+# Decoders of the swapped main loop (MatmulConfig.decode): how packed FP4 becomes MMA operands.
+DECODE_BYTES: tl.constexpr = tl.constexpr(0)  # byte tile, per-nibble bit patterns (any layout)
+DECODE_WORDS: tl.constexpr = tl.constexpr(1)  # 32-bit words of 8 nibbles, float32 bit placement
+DECODE_PTX: tl.constexpr = tl.constexpr(2)  # 32-bit words, bf16x2 pairs in inline PTX (CUDA, bf16 x)
+
+_TWO_POW_126: tl.constexpr = tl.constexpr(8.507059173023462e37)
+
+# One 32-bit word of eight E2M1 nibbles (nibble i = K offset i) -> four bf16x2 registers holding
+# nibbles (j, j+4) for j = 0..3, scaled by the bf16x2 scale pair $5. Per pair: the three magnitude
+# bits go to bf16 bits 6..8 (exponent low bits + mantissa top bit) and the sign to bit 15, which
+# is E2M1 * 2^-126 exactly (0.5 lands on a subnormal); two bf16x2 FMAs (-0 addend) multiply by
+# 2^126 and by the scale, both exact.
+_DECODE_PAIRS_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 m, s, c, nz;
+mov.b32 c, 0x7E807E80;
+mov.b32 nz, 0x80008000;
+shl.b32 m, $4, 6;
+and.b32 m, m, 0x01C001C0;
+shl.b32 s, $4, 12;
+and.b32 s, s, 0x80008000;
+or.b32 m, m, s;
+fma.rn.bf16x2 m, m, c, nz;
+fma.rn.bf16x2 $0, m, $5, nz;
+shl.b32 m, $4, 2;
+and.b32 m, m, 0x01C001C0;
+shl.b32 s, $4, 8;
+and.b32 s, s, 0x80008000;
+or.b32 m, m, s;
+fma.rn.bf16x2 m, m, c, nz;
+fma.rn.bf16x2 $1, m, $5, nz;
+shr.u32 m, $4, 2;
+and.b32 m, m, 0x01C001C0;
+shl.b32 s, $4, 4;
+and.b32 s, s, 0x80008000;
+or.b32 m, m, s;
+fma.rn.bf16x2 m, m, c, nz;
+fma.rn.bf16x2 $2, m, $5, nz;
+shr.u32 m, $4, 6;
+and.b32 m, m, 0x01C001C0;
+and.b32 s, $4, 0x80008000;
+or.b32 m, m, s;
+fma.rn.bf16x2 m, m, c, nz;
+fma.rn.bf16x2 $3, m, $5, nz;
+}
+""")
+
+
+@triton.jit
+def _e2m1_word_f32(words, NIBBLE: tl.constexpr):
+    """Nibble NIBBLE (0..7) of each uint32 word -> its E2M1 value * 2^-126 as float32, by placing
+    the three magnitude bits at float32 bits 22..24 and the sign at bit 31 (0.5 becomes 2^-127,
+    a subnormal): two shifts and two masks, no table, no int->float conversion."""
+    SHIFT: tl.constexpr = 4 * NIBBLE
+    if SHIFT <= 22:
+        mag = (words << (22 - SHIFT)) & 0x01C00000
+    else:
+        mag = (words >> (SHIFT - 22)) & 0x01C00000
+    sign = (words << (28 - SHIFT)) & 0x80000000
+    return (mag | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
+    """[..., 8] holding v0..v7 in order (nested joins put the innermost join's bit first)."""
+    return tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+
+
+@triton.jit
+def _bf16_half(pairs, HIGH: tl.constexpr):
+    """The low or high bf16 of int32 words holding bf16x2 pairs."""
+    if HIGH:
+        pairs = pairs >> 16
+    return pairs.to(tl.int16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _decode_words(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_N, BLOCK_K/8] int32 words (K order: word w, nibble i = K offset 8w + i) and
+    [BLOCK_N, BLOCK_K/32] E8M0 scales -> the [BLOCK_N, BLOCK_K] weight tile in out_dtype."""
+    words = tl.reshape(words, (BLOCK_N, BLOCK_K // 32, 4))
+    if DECODE == DECODE_PTX:
+        sb = s.to(tl.int32)
+        bits = tl.where(sb == 0, 0x40, tl.where(sb == 255, 0x7FC0, sb << 7))  # bf16 2^(s-127); 0: subnormal
+        pair = tl.broadcast_to((bits | (bits << 16))[:, :, None], (BLOCK_N, BLOCK_K // 32, 4))
+        p0, p1, p2, p3 = tl.inline_asm_elementwise(
+            _DECODE_PAIRS_PTX, "=r,=r,=r,=r,r,r", [words, pair],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+        w = _join8(_bf16_half(p0, False), _bf16_half(p1, False), _bf16_half(p2, False), _bf16_half(p3, False),
+                   _bf16_half(p0, True), _bf16_half(p1, True), _bf16_half(p2, True), _bf16_half(p3, True))
+    else:
+        u = words.to(tl.uint32, bitcast=True)
+        scale_lo = _e8m0(s.to(tl.int32))[:, :, None]  # not folded with 2^126: 2^(s-1) overflows for s > 128
+        w = _join8(((_e2m1_word_f32(u, 0) * _TWO_POW_126) * scale_lo).to(out_dtype),
+                   ((_e2m1_word_f32(u, 1) * _TWO_POW_126) * scale_lo).to(out_dtype),
+                   ((_e2m1_word_f32(u, 2) * _TWO_POW_126) * scale_lo).to(out_dtype),
+                   ((_e2m1_word_f32(u, 3) * _TWO_POW_126) * scale_lo).to(out_dtype),
+                   ((_e2m1_word_f32(u, 4) * _TWO_POW_126) * scale_lo).to(out_dtype),
+                   ((_e2m1_word_f32(u, 5) * _TWO_POW_126) * scale_lo).to(out_dtype),
+                   ((_e2m1_word_f32(u, 6) * _TWO_POW_126) * scale_lo).to(out_dtype),
+                   ((_e2m1_word_f32(u, 7) * _TWO_POW_126) * scale_lo).to(out_dtype))
+    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base, stride_w_kg, stride_w_ki,
+                  stride_ws_kg, stride_ws_ki, K, MASK_K: tl.constexpr, W_MX: tl.constexpr, W_KG: tl.constexpr,
+                  WS_KG: tl.constexpr, DECODE: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One BLOCK_K step of `_swapped_mainloop`. Weight loads need no N mask (the column offsets are
+    clamped in range and the extra columns are never stored); K is masked only in the tail step."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    x_mask = mask_x[None, :]
+    if MASK_K:
+        x_mask = x_mask & (offs_k < K)[:, None]
+    xt = tl.load(xt_base + offs_k[:, None] * stride_x_k, mask=x_mask, other=0.0)
+    dot_dtype = tl.float32 if DOT_F32 else xt.dtype
+    if W_MX:
+        offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
+        if MASK_K:
+            s = tl.load(s_base + s_off[None, :], mask=(offs_ks < K // 32)[None, :], other=0)
+        else:
+            s = tl.load(s_base + s_off[None, :])
+        if DECODE == DECODE_BYTES:
+            offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
+            if MASK_K:
+                packed = tl.load(w_base + w_off[None, :], mask=(offs_kp < K // 2)[None, :], other=0)
+            else:
+                packed = tl.load(w_base + w_off[None, :])
+            packed = packed.to(tl.int32)
+            w = tl.join(_e2m1_bits(packed & 15), _e2m1_bits(packed >> 4))  # [BLOCK_N, BLOCK_K/2, 2]: K order
+            w = tl.reshape(w, (BLOCK_N, BLOCK_K // 32, 32)) * _e8m0(s.to(tl.int32))[:, :, None]
+            w = tl.reshape(w, (BLOCK_N, BLOCK_K)).to(dot_dtype)
+        else:
+            offs_kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+            if MASK_K:
+                words = tl.load(w32_base + offs_kw[None, :], mask=(offs_kw < K // 8)[None, :], other=0)
+            else:
+                words = tl.load(w32_base + offs_kw[None, :])
+            w = _decode_words(words, s, dot_dtype, DECODE, BLOCK_N, BLOCK_K)
+    else:
+        w_off = _k_offsets(offs_k, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
+        if MASK_K:
+            w = tl.load(w_base + w_off[None, :], mask=(offs_k < K)[None, :], other=0.0)
+        else:
+            w = tl.load(w_base + w_off[None, :])
+        w = w.to(dot_dtype)
+    return tl.dot(w, xt.to(dot_dtype), acc)
+
+
 @triton.jit
 def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                       W, stride_w_kg, stride_w_ki, stride_w_n, WS, stride_ws_kg, stride_ws_ki, stride_ws_n,
                       offs_n_safe, mask_n, K, W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
                       DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      DECODE: tl.constexpr = 0):
     """acc [BLOCK_M, BLOCK_N], computed transposed: acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
 
     The upcast weight is the dot's left operand (on Hopper wgmma takes it from registers, so the
     decoded tile never goes through shared memory) and N becomes the MMA's M dimension, which
     lets a tile with few rows (decode) still fill a 64-wide wgmma. The weight tile is read as
-    [BLOCK_N, BLOCK_K/2] bytes (K contiguous in the Hopper value layout); the low and high nibbles
-    are joined back into K order, so x needs no de-interleave and one dot covers BLOCK_K.
+    [BLOCK_N, BLOCK_K/2] bytes (K contiguous) or, with DECODE_WORDS / DECODE_PTX, as
+    [BLOCK_N, BLOCK_K/8] 32-bit words (the host checks the layout allows it); nibbles come out in
+    K order, so x needs no de-interleave and one dot covers BLOCK_K. Full K steps run unmasked;
+    a K that is not a multiple of BLOCK_K gets one masked tail step.
     """
-    xt_ptrs = X + x_rows[None, :] * stride_x_m
+    xt_base = X + x_rows[None, :] * stride_x_m
     w_base = W + offs_n_safe[:, None] * stride_w_n
+    # word addressing (DECODE_WORDS / DECODE_PTX): the host guarantees K-contiguous bytes, and
+    # W and stride_w_n multiples of 4 bytes, so a row's bytes are whole aligned words
+    w32_base = W.to(tl.pointer_type(tl.int32)) + offs_n_safe[:, None] * (stride_w_n // 4)
     s_base = WS + offs_n_safe[:, None] * stride_ws_n
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        xt = tl.load(xt_ptrs + offs_k[:, None] * stride_x_k, mask=(offs_k < K)[:, None] & mask_x[None, :], other=0.0)
-        if W_MX:
-            offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
-            packed = tl.load(w_base + w_off[None, :], mask=mask_n[:, None] & (offs_kp < K // 2)[None, :], other=0)
-            offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-            s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
-            s = tl.load(s_base + s_off[None, :], mask=mask_n[:, None] & (offs_ks < K // 32)[None, :], other=0)
-            scale = _e8m0(s.to(tl.int32))
-            packed = packed.to(tl.int32)
-            w = tl.join(_e2m1_bits(packed & 15), _e2m1_bits(packed >> 4))  # [BLOCK_N, BLOCK_K/2, 2]: K order
-            w = tl.reshape(w, (BLOCK_N, BLOCK_K // 32, 32)) * scale[:, :, None]
-            w = tl.reshape(w, (BLOCK_N, BLOCK_K))
-        else:
-            w_off = _k_offsets(offs_k, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
-            w = tl.load(w_base + w_off[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
-        if DOT_F32:
-            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
-        else:
-            acc = tl.dot(w.to(xt.dtype), xt, acc)
+    k_full = (K // BLOCK_K) * BLOCK_K
+    for k0 in range(0, k_full, BLOCK_K):
+        acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base, stride_w_kg,
+                            stride_w_ki, stride_ws_kg, stride_ws_ki, K, False, W_MX, W_KG, WS_KG, DECODE,
+                            DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
+    if k_full < K:
+        acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base, stride_w_kg,
+                            stride_w_ki, stride_ws_kg, stride_ws_ki, K, True, W_MX, W_KG, WS_KG, DECODE,
+                            DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     return tl.trans(acc)
 
 
@@ -194,7 +339,7 @@ def _matmul_ogs_kernel(
     HAS_BIAS: tl.constexpr, HAS_BETAS: tl.constexpr, HAS_GAMMAS: tl.constexpr, HAS_ALPHA: tl.constexpr,
     DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SWAP_XW: tl.constexpr = False,
+    SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0,
 ):
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
@@ -236,7 +381,7 @@ def _matmul_ogs_kernel(
                                 W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
                                 WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
                                 offs_n_safe, mask_n, K, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
-                                BLOCK_M, BLOCK_N, BLOCK_K)
+                                BLOCK_M, BLOCK_N, BLOCK_K, DECODE)
     else:
         acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
                         W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,

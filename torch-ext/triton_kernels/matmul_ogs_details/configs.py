@@ -12,6 +12,7 @@ from .. import target_info
 
 # Tile heights that routing precomputes an ExptData.block_pid_map for.
 ROUTED_BLOCK_M = (16, 32, 64, 128)
+DECODERS = ("bytes", "words", "ptx")  # index = the kernel's DECODE constexpr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +24,19 @@ class MatmulConfig:
     num_warps: int
     num_stages: int
     swap_xw: bool = False  # compute acc^T = w^T @ x^T (decoded weight as the MMA's left operand)
+    # MXFP4 decoder of the swapped main loop: "bytes" (any layout), "words" (32-bit words of eight
+    # nibbles; K-contiguous, 4-byte aligned weights), "ptx" (words decoded in bf16x2 pairs by inline
+    # PTX; CUDA and bf16 activations). A preference: the launch falls back to the next decoder
+    # ("ptx" -> "words" -> "bytes") where the operands or the backend do not allow it.
+    decode: str = "bytes"
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "group_m"):
             value = getattr(self, name)
             if value <= 0 or value & (value - 1):
                 raise ValueError(f"MatmulConfig: `{name}` must be a positive power of two, got {value}")
+        if self.decode not in DECODERS:
+            raise ValueError(f"MatmulConfig: `decode` must be one of {DECODERS}, got {self.decode!r}")
         if self.block_k < 32:
             raise ValueError(f"MatmulConfig: `block_k` must be at least 32 (one MX block), got {self.block_k}")
 

@@ -1,0 +1,132 @@
+"""Compile matmul_ogs's kernel for sm_90a on any machine (no GPU needed) and count its SASS.
+
+    python benchmarks/sass_matmul.py [--mode decode|prefill] [--decode bytes|words|ptx] [--dump file]
+
+Triton ships ptxas and nvdisasm, so the Hopper code of a config can be inspected on a CPU-only
+machine: this prints the instruction mix of the innermost loop (the K loop, found as the body of
+the last backward branch) and per decoded weight value, which is what bounds the MXFP4 main loop
+(see NOTES_matmul_perf.md). GPU time is then spent only on configs worth timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
+from triton_kernels.swiglu import swiglu_fn  # noqa: E402
+
+_POINTERS = {"Y": "*bf16", "X": "*bf16", "W": "*u8", "WS": "*u8", "Bias": "*fp32", "Betas": "*fp32",
+             "Gammas": "*fp32", "GatherIndx": "*i32", "TokenOffs": "*i32", "BlockPidMap": "*i32"}
+_FLOATS = {"out_alpha", "act_arg0", "act_arg1"}
+_NONE = {"act_arg2", "act_arg3"}
+
+
+def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90):
+    fn = _kernels._matmul_ogs_kernel
+    names = fn.arg_names
+    constexprs = dict(
+        ACT_FN=swiglu_fn if gate_up else _kernels.identity_fn, N_ACT_ARGS=2 if gate_up else 0,
+        REDUCTION_N=2 if gate_up else 1, W_MX=True, W_KG=1, WS_KG=4, ROUTED=True, GATHER=gate_up,
+        HAS_BIAS=True, HAS_BETAS=False, HAS_GAMMAS=not gate_up, HAS_ALPHA=False, DOT_F32=False,
+        INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
+        DECODE={"bytes": 0, "words": 1, "ptx": 2}[decode],
+    )
+    if not gate_up:
+        constexprs.update(act_arg0=None, act_arg1=None)
+    # what Triton specialises at a real launch with the default layouts (integer arguments equal to 1)
+    constexprs.update(stride_y_n=1, stride_x_k=1, stride_w_kg=1, stride_w_ki=1, stride_ws_ki=1)
+    constexprs.update({n: None for n in _NONE})
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in _POINTERS:
+            signature[name] = _POINTERS[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in _FLOATS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride") and name != "stride_ws_n" or name in ("K", "N"):  # gpt-oss sizes
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, signature, constexprs={k: v for k, v in constexprs.items() if k in names}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps,
+                                                                             "num_stages": num_stages})
+
+
+def resources(kernel) -> str:
+    """Registers and spill bytes of the cubin, from the cuobjdump that Triton ships."""
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+).*?STACK:(\d+).*?LOCAL:(\d+)", out)
+    return f"regs {m.group(1)}, stack {m.group(2)}, local {m.group(3)}" if m else out.strip()[:200]
+
+
+def loop_body(sass: str) -> list[str]:
+    """Instructions of the largest loop: from a label to the backward BRA that jumps to it."""
+    lines = sass.splitlines()
+    labels = {}
+    best = []
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*(\.?L\w+):", line)
+        if m:
+            labels[m.group(1)] = i
+        m = re.search(r"\bBRA\b.*?(\.?L\w+)", line)
+        if m and m.group(1) in labels:
+            body = [ln for ln in lines[labels[m.group(1)]:i + 1] if re.search(r"[A-Z]{2,}", ln) and ";" in ln]
+            if len(body) > len(best):
+                best = body
+    return best
+
+
+def opcode(line: str) -> str:
+    text = line.split(";")[0].split("\t")[-1].strip()
+    text = re.sub(r"^@!?U?P\w+\s+", "", text)
+    return text.split()[0].split(".")[0] if text.split() else "?"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=["decode", "prefill", "mid"], default="decode")
+    ap.add_argument("--decode", default="bytes")
+    ap.add_argument("--down", action="store_true", help="the down projection (no gather, no SwiGLU)")
+    ap.add_argument("--cfg", default=None, help="block_m,block_n,block_k,num_warps,num_stages")
+    ap.add_argument("--dump", default=None)
+    args = ap.parse_args()
+    cfg = {"decode": (16, 64, 128, 4, 3), "mid": (64, 128, 128, 4, 3), "prefill": (128, 64, 128, 4, 3)}[args.mode]
+    if args.cfg:
+        cfg = tuple(int(v) for v in args.cfg.split(","))
+    k = compile_matmul(*cfg, decode=args.decode, gate_up=not args.down)
+    sass = k.asm["sass"]
+    if args.dump:
+        with open(args.dump, "w") as f:
+            f.write(sass)
+    body = loop_body(sass)
+    ops = collections.Counter(opcode(ln) for ln in body)
+    bm, bn, bk = cfg[:3]
+    values_per_thread = bn * bk / (32 * cfg[3])
+    print(f"cfg {cfg} decode={args.decode}: {resources(k)}, shared {k.metadata.shared} B")
+    print(f"K-loop body: {len(body)} instructions per thread per K step, {values_per_thread:.0f} weight values "
+          f"per thread -> {len(body) / values_per_thread:.2f} instructions per value")
+    print("  " + ", ".join(f"{op} {n}" for op, n in ops.most_common(24)))
+
+
+if __name__ == "__main__":
+    main()
