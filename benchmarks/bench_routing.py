@@ -154,9 +154,11 @@ def kernel_breakdown(n_tokens, n_expts, k, dtype) -> dict:
 
 
 def plan_summary(n_tokens, n_expts, k) -> dict:
-    plan = routing_details.make_routing_plan(n_tokens, n_expts, k, 1, False, routing_details._target_programs())
-    return dict(topk_programs=plan.topk.n_programs, block_t=plan.topk.block_t, n_iter=plan.topk.n_iter,
-                sort_programs=plan.n_sort_programs, slot_block=plan.slot_block, workspace_int32=plan.total)
+    plan = routing_details.make_routing_plan(n_tokens, n_expts, k, 1, False, routing_details._target_programs(),
+                                             routing_details.FUSED_MAX_TILES)
+    return dict(fused=plan.fused, block_t=plan.block_t, n_iter=plan.n_iter, topk_programs=plan.n_parts,
+                num_warps=plan.num_warps, place_programs=0 if plan.fused else plan.n_place_programs,
+                slot_block=plan.slot_block, workspace_int32=plan.total)
 
 
 def main() -> int:

@@ -51,6 +51,22 @@ def run_both(logits, k, **kw):
     return R.routing(logits, k, **kw), R.routing_torch(logits, k, **kw)
 
 
+@pytest.fixture(params=["auto", "split", "fused"])
+def path(request, monkeypatch):
+    """auto: the plan's choice; split: always the two-launch path (T > 1); fused: always the
+    single-program path (several row tiles where T is large)."""
+    if request.param == "split":
+        monkeypatch.setattr(routing_details, "FUSED_MAX_TILES", 0)
+    elif request.param == "fused":
+        monkeypatch.setattr(routing_details, "FUSED_MAX_TILES", 1 << 30)
+    return request.param
+
+
+def plan_of(logits, k, sm_first=False, simulated_ep=1):
+    return routing_details.make_routing_plan(*logits.shape, k, simulated_ep, sm_first,
+                                             routing_details._target_programs(), routing_details.FUSED_MAX_TILES)
+
+
 @pytest.fixture
 def poisoned_workspace(monkeypatch):
     """Every torch.empty made during routing starts as POISON, so unwritten outputs show."""
@@ -191,7 +207,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()).replace("torch.", ""))
 @pytest.mark.parametrize("ties", [False, True])
-def test_routing_matches_reference(case, ties, device, poisoned_workspace):
+def test_routing_matches_reference(case, ties, path, device, poisoned_workspace):
     case = dict(case)
     T, E, k, dtype = case.pop("T"), case.pop("E"), case.pop("k"), case.pop("dtype", torch.float32)
     seed = T * 1000 + E * 10 + k
@@ -200,11 +216,32 @@ def test_routing_matches_reference(case, ties, device, poisoned_workspace):
     else:
         logits = torch.randn(T, E, generator=torch.Generator().manual_seed(seed)).to(dtype)
     logits = logits.to(device)
+    plan = plan_of(logits, k, case.get("sm_first", False), case.get("simulated_ep", 1))
+    assert plan.fused == (path == "fused" or T <= 1 or (path == "auto" and plan.fused))
     got, ref = run_both(logits, k, **case)
     assert_routing_equal(got, ref)
 
 
-def test_routing_all_tokens_on_one_expert(device, poisoned_workspace):
+def test_every_path_is_exercised(monkeypatch):
+    """The CASES above cover: one fused tile, several fused tiles, and the split path with
+    several top-k programs of several tiles each."""
+    seen = set()
+    for fused_max in (routing_details.FUSED_MAX_TILES, 0, 1 << 30):
+        for c in CASES:
+            plan = routing_details.make_routing_plan(c["T"], c["E"], c["k"], c.get("simulated_ep", 1),
+                                                     c.get("sm_first", False), 4, fused_max)
+            if plan.fused:
+                seen.add("fused-one-tile" if plan.block_t >= c["T"] else "fused-tiles")
+            else:
+                seen.add("split-multi-program" if plan.n_parts > 1 else "split-one-program")
+                if plan.n_iter > 1:
+                    seen.add("split-multi-tile")
+                if plan.slots_per_part > plan.slot_block:
+                    seen.add("split-multi-slot-block")
+    assert {"fused-one-tile", "fused-tiles", "split-multi-program", "split-multi-tile"} <= seen, seen
+
+
+def test_routing_all_tokens_on_one_expert(path, device, poisoned_workspace):
     logits = torch.randn(150, 32, generator=torch.Generator().manual_seed(3))
     logits[:, 5] += 100.0
     logits = logits.to(device)
@@ -219,9 +256,10 @@ def test_routing_all_tokens_on_one_expert(device, poisoned_workspace):
 def test_routing_one_program_and_map_only_programs(device, poisoned_workspace, monkeypatch):
     # one topk program for all rows; the sort kernel then has programs that only fill tile maps
     monkeypatch.setattr(routing_details, "_target_programs", lambda: 1)
+    monkeypatch.setattr(routing_details, "FUSED_MAX_TILES", 0)
     logits = torch.randn(75, 256, generator=torch.Generator().manual_seed(4)).to(device)
-    plan = routing_details.make_routing_plan(75, 256, 4, 1, False, 1)
-    assert plan.topk.n_programs == 1 and plan.n_sort_programs > 1
+    plan = plan_of(logits, 4)
+    assert not plan.fused and plan.n_parts == 1 and plan.n_iter > 1 and plan.n_place_programs > 1
     assert_routing_equal(*run_both(logits, 4))
 
 
@@ -234,7 +272,7 @@ def test_routing_strided_logits(device, poisoned_workspace):
 
 
 @pytest.mark.parametrize("sm_first", [False, True])
-def test_routing_nan_and_inf_rows_behave_like_torch(sm_first, device, poisoned_workspace):
+def test_routing_nan_and_inf_rows_behave_like_torch(sm_first, path, device, poisoned_workspace):
     logits = torch.randn(12, 10, generator=torch.Generator().manual_seed(9))
     logits[2] = float("-inf")  # all picks -inf: NaN weights, as torch.softmax gives
     logits[3, :8] = float("nan")  # NaN ranks last, so it is picked only when it must be
@@ -254,7 +292,7 @@ def test_routing_all_equal_logits(device, poisoned_workspace):
     assert_weights_close(got[0].gate_scal, torch.full((60,), 1 / 3))
 
 
-def test_routing_n_rows_as_device_scalar(device, poisoned_workspace):
+def test_routing_n_rows_as_device_scalar(path, device, poisoned_workspace):
     logits = torch.randn(40, 16, generator=torch.Generator().manual_seed(5)).to(device)
     n_rows = torch.tensor([25], dtype=torch.int32, device=device)
     got, ref = run_both(logits, 4, n_rows=n_rows)
@@ -269,7 +307,7 @@ def test_routing_n_rows_as_device_scalar(device, poisoned_workspace):
 
 @pytest.mark.parametrize("sm_first", [False, True])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16])
-def test_routing_user_expt_indx(sm_first, dtype, device, poisoned_workspace):
+def test_routing_user_expt_indx(sm_first, dtype, path, device, poisoned_workspace):
     g = torch.Generator().manual_seed(11)
     T, E, k = 30, 20, 3
     logits = torch.randn(T, E, generator=g).to(device)
@@ -400,23 +438,30 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton_kernels.topk_details import topk_kernel
-from triton_kernels.routing_details._sort_kernel import routing_sort_kernel, expt_data_kernel
+from triton_kernels.routing_details._kernels import (routing_fused_kernel, routing_topk_kernel,
+                                                     routing_place_kernel, expt_data_kernel)
 
 def build(fn, types, consts, num_warps):
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in fn.arg_names}
     triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": num_warps})
 
+ptrs = {"x_ptr": "*bf16", "user_ptr": "*i32", "ws_ptr": "*i32", "n_rows_ptr": "*i64"}
 for user, smf in [(False, False), (True, True)]:
-    consts = dict(K=4, K_PAD=4, E_PAD=128, BLOCK_T=16, APPLY_SOFTMAX=not smf, SM_FIRST=smf, USER_INDX=user,
-                  N_ROWS_FROM_PTR=True, WRITE_BITS=user, WRITE_HIST=True)
+    consts = dict(K=4, K_PAD=4, E_PAD=128, SM_FIRST=smf, USER_INDX=user, N_ROWS_FROM_PTR=True)
     if not user:
         consts["user_ptr"] = None
-        consts["bits_ptr"] = None
-    build(topk_kernel, {"x_ptr": "*bf16", "user_ptr": "*i32", "vals_ptr": "*fp32", "indx_ptr": "*i32",
-                        "bits_ptr": "*u32", "hist_ptr": "*i32", "n_rows_ptr": "*i64"}, consts, 8)
-build(routing_sort_kernel, {"ws_ptr": "*i32", "wsf_ptr": "*fp32"},
-      dict(E_PAD=128, PART_ROWS=32, SLOT_BLOCK=512, TILE_BLOCK=32), 4)
+    build(routing_topk_kernel, ptrs, dict(consts, BLOCK_T=32), 8)
+    for one, bt, nw in [(True, 1, 1), (True, 64, 8), (False, 16, 2)]:
+        build(routing_fused_kernel, ptrs, dict(consts, BLOCK_T=bt, SLOT_BLOCK=256, TILE_BLOCK=32, ONE_TILE=one), nw)
+    tk = dict(K=4, K_PAD=4, E_PAD=128, BLOCK_T=16, APPLY_SOFTMAX=True, USER_INDX=user, N_ROWS_FROM_PTR=True,
+              WRITE_BITS=user)
+    if not user:
+        tk["user_ptr"] = None
+        tk["bits_ptr"] = None
+    build(topk_kernel, {"x_ptr": "*bf16", "user_ptr": "*i32", "vals_ptr": "*bf16", "indx_ptr": "*i16",
+                        "bits_ptr": "*u32", "n_rows_ptr": "*i64"}, tk, 8)
+build(routing_place_kernel, {"ws_ptr": "*i32"}, dict(E_PAD=128, PART_ROWS=32, SLOT_BLOCK=512, TILE_BLOCK=32), 4)
 build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
 print("compiled")
 """

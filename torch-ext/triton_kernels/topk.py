@@ -88,13 +88,12 @@ def topk(x, k, apply_softmax=True, dim=1, return_bitmatrix=True, y_indx=None, n_
     topk_kernel[(cfg.n_programs,)](
         x, x.stride(0), x.stride(1),
         y_indx, 0 if y_indx is None else y_indx.stride(0),
-        values, 0, indices, 0,
+        values, indices,
         bitmatrix, 0 if bitmatrix is None else bitmatrix.stride(0),
-        None, 0, 0,
         n_rows_checked if from_ptr else None,
         n_tokens, n_expts, n_tokens if n_rows_checked is None or from_ptr else n_rows_checked, cfg.n_iter,
         K=k, K_PAD=cfg.k_pad, E_PAD=cfg.e_pad, BLOCK_T=cfg.block_t,
-        APPLY_SOFTMAX=apply_softmax, SM_FIRST=False, USER_INDX=y_indx is not None,
-        N_ROWS_FROM_PTR=from_ptr, WRITE_BITS=return_bitmatrix, WRITE_HIST=False, num_warps=cfg.num_warps,
+        APPLY_SOFTMAX=apply_softmax, USER_INDX=y_indx is not None,
+        N_ROWS_FROM_PTR=from_ptr, WRITE_BITS=return_bitmatrix, num_warps=cfg.num_warps,
     )
     return values, indices, bitmatrix

@@ -19,6 +19,6 @@ With user indices (`expt_indx` / `y_indx`) step 2 is replaced by a load of the g
 they keep their order within the row and anything outside [0, E) routes nowhere.
 """
 
-from ._topk_kernel import TopkConfig, make_topk_config, topk_kernel
+from ._topk_kernel import MAX_EXPERTS, TopkConfig, make_topk_config, select_tile, topk_kernel
 
-__all__ = ["TopkConfig", "make_topk_config", "topk_kernel"]
+__all__ = ["MAX_EXPERTS", "select_tile", "TopkConfig", "make_topk_config", "topk_kernel"]

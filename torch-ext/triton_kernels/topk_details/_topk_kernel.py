@@ -1,4 +1,4 @@
-"""The fused top-k / softmax / per-program histogram kernel (see the package docstring)."""
+"""The top-k / softmax tile helper and the `topk.topk` kernel (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -31,104 +31,110 @@ def _order_to_float(order):
     return bits.to(tl.float32, bitcast=True)
 
 
-@triton.jit(do_not_specialize=["vals_off", "indx_off", "hist_off", "inv_off", "n_tokens", "n_rows_val", "n_iter"])
+@triton.jit
+def select_tile(x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
+                K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
+                APPLY_SOFTMAX: tl.constexpr, SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr):
+    """Top-k of the rows `rows` ([BLOCK_T]); returns, per (row, pick j) [BLOCK_T, K_PAD]:
+    the expert `sel` (meaningful where `slot_ok`), the output column `out_col` (the pick's rank by
+    expert id; j itself for user indices), the weight `w` (float32, 0 where not `slot_ok`),
+    `slot_ok`; and per row: `counts` [BLOCK_T, E_PAD] (slots of the row routed to each expert)
+    and `in_t` (row < n_tokens)."""
+    cols = tl.arange(0, E_PAD)
+    kk = tl.arange(0, K_PAD)
+    col_ok = cols < n_expts
+    in_t = rows < n_tokens
+    row_ok = in_t & (rows < n_valid_rows)
+    rows64 = rows.to(tl.int64)
+    if SM_FIRST or not USER_INDX:
+        x = tl.load(x_ptr + rows64[:, None] * stride_xt + cols[None, :] * stride_xe,
+                    mask=in_t[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+    if USER_INDX:
+        uidx = tl.load(user_ptr + rows64[:, None] * stride_ut + kk[None, :],
+                       mask=in_t[:, None] & (kk[None, :] < K), other=-1)
+        slot_ok = row_ok[:, None] & (kk[None, :] < K) & (uidx >= 0) & (uidx < n_expts)
+        sel = tl.where(slot_ok, uidx, 0).to(tl.int32)
+        picked = tl.load(x_ptr + rows64[:, None] * stride_xt + sel * stride_xe, mask=slot_ok,
+                         other=0.0).to(tl.float32)
+        counts = tl.zeros([rows.shape[0], E_PAD], dtype=tl.int32)
+        for j in tl.static_range(K):  # column j again, as a vector (an L1 hit)
+            e_j = tl.load(user_ptr + rows64 * stride_ut + j, mask=row_ok, other=-1)
+            counts += ((cols[None, :] == e_j[:, None]) & col_ok[None, :]).to(tl.int32)
+        out_col = kk[None, :] + tl.zeros([rows.shape[0], K_PAD], dtype=tl.int32)
+    else:
+        # two int32 reductions per pick: the best order key, then its lowest column
+        keys = tl.where(col_ok[None, :], _float_order(x), _GONE)
+        sel = tl.zeros([rows.shape[0], K_PAD], dtype=tl.int32)
+        order = tl.zeros([rows.shape[0], K_PAD], dtype=tl.int32)
+        for j in tl.static_range(K):
+            best = tl.max(keys, axis=1)
+            col = tl.min(tl.where(keys == best[:, None], cols[None, :], E_PAD), axis=1)
+            keys = tl.where(cols[None, :] == col[:, None], _GONE, keys)
+            sel = tl.where(kk[None, :] == j, col[:, None], sel)
+            order = tl.where(kk[None, :] == j, best[:, None], order)
+        picked = _order_to_float(order)
+        slot_ok = row_ok[:, None] & (kk[None, :] < K)
+        counts = ((keys == _GONE) & col_ok[None, :] & row_ok[:, None]).to(tl.int32)
+        # rank of each pick among the row's picks by expert id -> its output column
+        earlier = (sel[:, None, :] < sel[:, :, None]) & (kk[None, None, :] < K)
+        out_col = tl.sum(earlier.to(tl.int32), axis=2)
+
+    if SM_FIRST:
+        xr = tl.where(col_ok[None, :], x, float("-inf")).to(tl.float64)
+        row_max = tl.max(xr, axis=1)
+        denom = tl.sum(tl.exp(xr - row_max[:, None]), axis=1)
+        w = tl.exp(picked.to(tl.float64) - row_max[:, None]) / denom[:, None]
+    elif APPLY_SOFTMAX:
+        pv = tl.where(slot_ok, picked.to(tl.float64), float("-inf"))
+        pmax = tl.max(pv, axis=1)
+        # rows with no valid slot get weights 0, not NaN (-inf or +inf picks still give NaN, as in torch)
+        any_ok = tl.sum(slot_ok.to(tl.int32), axis=1) > 0
+        pmax = tl.where(any_ok, pmax, 0.0)
+        num = tl.where(slot_ok, tl.exp(pv - pmax[:, None]), 0.0)
+        denom = tl.sum(num, axis=1)
+        w = num / tl.where(any_ok, denom, 1.0)[:, None]
+    else:
+        w = picked
+    w = tl.where(slot_ok, w.to(tl.float32), 0.0)
+    return sel, out_col, w, slot_ok, counts, in_t
+
+
+@triton.jit(do_not_specialize=["n_tokens", "n_rows_val", "n_iter"])
 def topk_kernel(
     x_ptr, stride_xt, stride_xe,  # logits [T, E]
     user_ptr, stride_ut,  # user-chosen experts [T, K] (USER_INDX)
-    vals_ptr, vals_off,  # out: weights (or raw logits), [T, K] row-major from vals_ptr + vals_off
-    indx_ptr, indx_off,  # out: experts, [T, K]; -1 where a slot routes nowhere
+    vals_ptr,  # out: weights (or raw logits), [T, K] row-major
+    indx_ptr,  # out: experts, [T, K]; -1 where a slot picks nothing
     bits_ptr, stride_bt,  # out: bitmatrix words [T, ceil(E / 32)] (WRITE_BITS)
-    hist_ptr, hist_off, inv_off,  # out: per-program counts [P, E_PAD] and route-nowhere counts [P] (WRITE_HIST)
     n_rows_ptr,  # valid-row count on the device (N_ROWS_FROM_PTR)
     n_tokens, n_expts, n_rows_val, n_iter,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-    APPLY_SOFTMAX: tl.constexpr, SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr,
-    N_ROWS_FROM_PTR: tl.constexpr, WRITE_BITS: tl.constexpr, WRITE_HIST: tl.constexpr,
+    APPLY_SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr,
+    N_ROWS_FROM_PTR: tl.constexpr, WRITE_BITS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, E_PAD)
     kk = tl.arange(0, K_PAD)
-    col_ok = cols < n_expts
     if N_ROWS_FROM_PTR:
         n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
     else:
         n_valid_rows = n_rows_val
-    hist_acc = tl.zeros([E_PAD], dtype=tl.int32)
-    inv_acc = tl.sum(tl.zeros([BLOCK_T], dtype=tl.int32), axis=0)
     for it in range(n_iter):
         rows = (pid * n_iter + it) * BLOCK_T + tl.arange(0, BLOCK_T)
-        in_t = rows < n_tokens
-        row_ok = in_t & (rows < n_valid_rows)
+        sel, out_col, w, slot_ok, counts, in_t = select_tile(
+            x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
+            K, K_PAD, E_PAD, APPLY_SOFTMAX, False, USER_INDX)
         rows64 = rows.to(tl.int64)
-        if SM_FIRST or not USER_INDX:
-            x = tl.load(x_ptr + rows64[:, None] * stride_xt + cols[None, :] * stride_xe,
-                        mask=in_t[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-        if USER_INDX:
-            uidx = tl.load(user_ptr + rows64[:, None] * stride_ut + kk[None, :],
-                           mask=in_t[:, None] & (kk[None, :] < K), other=-1)
-            slot_ok = row_ok[:, None] & (kk[None, :] < K) & (uidx >= 0) & (uidx < n_expts)
-            sel = tl.where(slot_ok, uidx, 0).to(tl.int32)
-            picked = tl.load(x_ptr + rows64[:, None] * stride_xt + sel * stride_xe, mask=slot_ok,
-                             other=0.0).to(tl.float32)
-            counts = tl.zeros([BLOCK_T, E_PAD], dtype=tl.int32)
-            for j in tl.static_range(K):  # column j again, as a vector (an L1 hit)
-                e_j = tl.load(user_ptr + rows64 * stride_ut + j, mask=row_ok, other=-1)
-                counts += ((cols[None, :] == e_j[:, None]) & col_ok[None, :]).to(tl.int32)
-            out_col = kk[None, :] + tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
-        else:
-            # two int32 reductions per pick: the best order key, then its lowest column
-            keys = tl.where(col_ok[None, :], _float_order(x), _GONE)
-            sel = tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
-            order = tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
-            for j in tl.static_range(K):
-                best = tl.max(keys, axis=1)
-                col = tl.min(tl.where(keys == best[:, None], cols[None, :], E_PAD), axis=1)
-                taken = cols[None, :] == col[:, None]
-                keys = tl.where(taken, _GONE, keys)
-                sel = tl.where(kk[None, :] == j, col[:, None], sel)
-                order = tl.where(kk[None, :] == j, best[:, None], order)
-            picked = _order_to_float(order)
-            slot_ok = row_ok[:, None] & (kk[None, :] < K)
-            counts = ((keys == _GONE) & col_ok[None, :] & row_ok[:, None]).to(tl.int32)
-            # rank of each pick among the row's picks by expert id -> its output column
-            earlier = (sel[:, None, :] < sel[:, :, None]) & (kk[None, None, :] < K)
-            out_col = tl.sum(earlier.to(tl.int32), axis=2)
-
-        if SM_FIRST:
-            xr = tl.where(col_ok[None, :], x, float("-inf")).to(tl.float64)
-            row_max = tl.max(xr, axis=1)
-            denom = tl.sum(tl.exp(xr - row_max[:, None]), axis=1)
-            w = tl.exp(picked.to(tl.float64) - row_max[:, None]) / denom[:, None]
-        elif APPLY_SOFTMAX:
-            pv = tl.where(slot_ok, picked.to(tl.float64), float("-inf"))
-            pmax = tl.max(pv, axis=1)
-            # rows with no valid slot get weights 0, not NaN (-inf or +inf picks still give NaN, as in torch)
-            any_ok = tl.sum(slot_ok.to(tl.int32), axis=1) > 0
-            pmax = tl.where(any_ok, pmax, 0.0)
-            num = tl.where(slot_ok, tl.exp(pv - pmax[:, None]), 0.0)
-            denom = tl.sum(num, axis=1)
-            w = num / tl.where(any_ok, denom, 1.0)[:, None]
-        else:
-            w = picked
-        w = tl.where(slot_ok, w.to(tl.float32), 0.0)
-        out_e = tl.where(slot_ok, sel, -1)
         out_at = rows64[:, None] * K + out_col
         out_mask = in_t[:, None] & (kk[None, :] < K)
-        tl.store(indx_ptr + indx_off + out_at, out_e.to(indx_ptr.dtype.element_ty), mask=out_mask)
-        tl.store(vals_ptr + vals_off + out_at, w.to(vals_ptr.dtype.element_ty), mask=out_mask)
-
+        tl.store(indx_ptr + out_at, tl.where(slot_ok, sel, -1).to(indx_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(vals_ptr + out_at, w.to(vals_ptr.dtype.element_ty), mask=out_mask)
         if WRITE_BITS:
             bit = tl.where(counts > 0, 1, 0).to(tl.uint32) << (cols % 32).to(tl.uint32)[None, :]
             words = tl.sum(tl.reshape(bit, [BLOCK_T, E_PAD // 32, 32]), axis=2)
             widx = tl.arange(0, E_PAD // 32)
             tl.store(bits_ptr + rows64[:, None] * stride_bt + widx[None, :], words,
                      mask=in_t[:, None] & (widx[None, :] * 32 < n_expts))
-        if WRITE_HIST:
-            hist_acc += tl.sum(counts, axis=0)
-            inv_acc += tl.sum((in_t[:, None] & (kk[None, :] < K) & ~slot_ok).to(tl.int32))
-    if WRITE_HIST:
-        tl.store(hist_ptr + hist_off + pid * E_PAD + cols, hist_acc)
-        tl.store(hist_ptr + inv_off + pid, inv_acc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +160,7 @@ def _next_pow2(n: int) -> int:
 @functools.lru_cache(maxsize=512)
 def make_topk_config(n_tokens: int, n_expts: int, k: int, sm_first: bool, target_programs: int) -> TopkConfig:
     """Row tiles hold about 4096 keys (2048 with the float64 softmax over whole rows); programs
-    own several tiles so that there are about `target_programs` of them (the routing sort
-    reads every program's histogram row)."""
+    own several tiles so that there are about `target_programs` of them."""
     e_pad = max(32, _next_pow2(n_expts))
     k_pad = _next_pow2(k)
     block_t = min(128, (2048 if sm_first else 4096) // e_pad, max(1, 8192 // (k_pad * k_pad)))

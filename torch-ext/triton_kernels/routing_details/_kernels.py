@@ -1,0 +1,294 @@
+"""The routing kernels: fused single-program routing, the two-launch path (top-k with per-program
+ranks, then placement), and the ExptData kernel. See the package docstring for the design."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..topk_details import select_tile
+
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+@triton.jit
+def _max_tiles(n_rows, n_expts, BLOCK_M: tl.constexpr):
+    """Device twin of `routing.max_tiles`: min(n, E) + (n - min(n, E)) // BLOCK_M."""
+    n_rows = tl.maximum(n_rows, 0)
+    m = tl.minimum(n_rows, n_expts)
+    return m + (n_rows - m) // BLOCK_M
+
+
+@triton.jit
+def _ws_layout(n_slots, n_local, n_parts, E_PAD: tl.constexpr):
+    """Element offsets of the workspace segments; the host twin is `routing_details._layout`.
+
+    Outputs: topk_indx, gate_indx, gate_scal [S]; hist [L]; token_offs_raw [L+1];
+    token_offs_pad for block_m 16/32/64/128 [4, L+1]; block_pid_map 16/32/64/128 [max_tiles each].
+    Scratch: experts, weights, ranks [S]; per-program counts [P, E_PAD]; dead-slot counts [P]."""
+    gate = n_slots
+    scal = 2 * n_slots
+    hist = 3 * n_slots
+    raw = hist + n_local
+    pad = raw + n_local + 1
+    map16 = pad + 4 * (n_local + 1)
+    map32 = map16 + _max_tiles(n_slots, n_local, 16)
+    map64 = map32 + _max_tiles(n_slots, n_local, 32)
+    map128 = map64 + _max_tiles(n_slots, n_local, 64)
+    expt = map128 + _max_tiles(n_slots, n_local, 128)
+    w = expt + n_slots
+    rank = w + n_slots
+    part = rank + n_slots
+    dead = part + n_parts * E_PAD
+    return gate, scal, hist, raw, pad, map16, map32, map64, map128, expt, w, rank, part, dead
+
+
+@triton.jit
+def _rank_tile(sel, out_col, slot_ok, counts, in_t, base, dead_base,
+               K: tl.constexpr, K_PAD: tl.constexpr, USER_INDX: tl.constexpr):
+    """Rank of every slot of a row tile in the stable counting sort: for a routed slot of expert
+    e, base[e] + (slots of e in earlier rows of the tile) + (earlier slots of e in its row: user
+    indices may repeat an expert); for a slot that routes nowhere, dead_base + (dead slots before
+    it in slot order within the tile)."""
+    kk = tl.arange(0, K_PAD)
+    before = tl.cumsum(counts, axis=0) - counts + base[None, :]
+    rank = tl.gather(before, tl.where(slot_ok, sel, 0), 1)
+    dead = (in_t[:, None] & (kk[None, :] < K) & ~slot_ok).to(tl.int32)
+    if USER_INDX:
+        same = (sel[:, None, :] == sel[:, :, None]) & slot_ok[:, None, :] & (kk[None, None, :] < kk[None, :, None])
+        rank += tl.sum(same.to(tl.int32), axis=2)
+        in_row = tl.cumsum(dead, axis=1) - dead  # out_col is j here
+    else:
+        in_row = out_col  # a row is dead as a whole
+    n_dead_row = tl.sum(dead, axis=1)
+    dead_rank = dead_base + (tl.cumsum(n_dead_row, axis=0) - n_dead_row)[:, None] + in_row
+    return tl.where(slot_ok, rank, dead_rank), tl.sum(counts, axis=0), tl.sum(n_dead_row, axis=0)
+
+
+@triton.jit
+def _map_tiles(t, ends, n_used, cols):
+    """block_pid_map entries of tiles t: (t - first tile of its expert) << 16 | expert, -1 from
+    n_used on. ends[e] (inclusive cumsum of tiles) is nondecreasing, so the experts with
+    ends <= t are a prefix; one max over (ends << 11 | e + 1) gives its last expert and end."""
+    key = tl.where(ends[None, :] <= t[:, None], (ends.to(tl.int64) << 11)[None, :] | (cols + 1)[None, :], 0)
+    m = tl.max(key, axis=1)
+    expt = (m & 2047).to(tl.int32)
+    first = (m >> 11).to(tl.int32)
+    return tl.where(t < n_used, ((t - first) << 16) | expt, -1)
+
+
+@triton.jit
+def _write_expt_data(hist, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16_ptr, map32_ptr, map64_ptr,
+                     map128_ptr, pid, n_prog, E_PAD: tl.constexpr, TILE_BLOCK: tl.constexpr):
+    """hist: [E_PAD] int32 counts of the local experts (zero at and beyond n_local). Program 0
+    writes hist, token_offs_raw and the four token_offs_pad; program pid of n_prog writes its
+    slice of the four block_pid_maps in one pass."""
+    cols = tl.arange(0, E_PAD)
+    in_e = cols < n_local
+    t16 = (hist + 15) // 16
+    t32 = (hist + 31) // 32
+    t64 = (hist + 63) // 64
+    t128 = (hist + 127) // 128
+    e16 = tl.cumsum(t16, axis=0)
+    e32 = tl.cumsum(t32, axis=0)
+    e64 = tl.cumsum(t64, axis=0)
+    e128 = tl.cumsum(t128, axis=0)
+    if pid == 0:
+        tl.store(hist_ptr + cols, hist, mask=in_e)
+        tl.store(raw_ptr + cols, tl.cumsum(hist, axis=0) - hist, mask=in_e)
+        tl.store(raw_ptr + n_local, tl.sum(hist, axis=0))
+        stride = n_local + 1
+        tl.store(pad_ptr + cols, e16 - t16, mask=in_e)
+        tl.store(pad_ptr + stride + cols, e32 - t32, mask=in_e)
+        tl.store(pad_ptr + 2 * stride + cols, e64 - t64, mask=in_e)
+        tl.store(pad_ptr + 3 * stride + cols, e128 - t128, mask=in_e)
+        tl.store(pad_ptr + n_local, tl.sum(t16, axis=0))
+        tl.store(pad_ptr + stride + n_local, tl.sum(t32, axis=0))
+        tl.store(pad_ptr + 2 * stride + n_local, tl.sum(t64, axis=0))
+        tl.store(pad_ptr + 3 * stride + n_local, tl.sum(t128, axis=0))
+    u16 = tl.sum(t16, axis=0)
+    u32 = tl.sum(t32, axis=0)
+    u64 = tl.sum(t64, axis=0)
+    u128 = tl.sum(t128, axis=0)
+    n16 = _max_tiles(n_gates, n_local, 16)  # the longest map; the others are masked to their length
+    n32 = _max_tiles(n_gates, n_local, 32)
+    n64 = _max_tiles(n_gates, n_local, 64)
+    n128 = _max_tiles(n_gates, n_local, 128)
+    per_prog = tl.cdiv(n16, n_prog)
+    lanes = tl.arange(0, TILE_BLOCK)
+    for c in range(0, per_prog, TILE_BLOCK):
+        t = pid * per_prog + c + lanes
+        mine = c + lanes < per_prog
+        tl.store(map16_ptr + t, _map_tiles(t, e16, u16, cols), mask=mine & (t < n16))
+        tl.store(map32_ptr + t, _map_tiles(t, e32, u32, cols), mask=mine & (t < n32))
+        tl.store(map64_ptr + t, _map_tiles(t, e64, u64, cols), mask=mine & (t < n64))
+        tl.store(map128_ptr + t, _map_tiles(t, e128, u128, cols), mask=mine & (t < n128))
+
+
+@triton.jit
+def _place(ws_ptr, expt, rank, w, slot, live, base, dead_base, gate, scal, n_local):
+    """Store a block of slots at their sorted positions. expt -1: routes nowhere."""
+    routed = expt >= 0
+    pos = tl.where(routed, tl.gather(base, tl.where(routed, expt, 0), 0) + rank, dead_base + rank)
+    is_local = routed & (expt < n_local)
+    tl.store(ws_ptr + pos, tl.where(is_local, slot, -1), mask=live)
+    tl.store(ws_ptr + gate + slot, tl.where(is_local, pos, -1), mask=live)
+    tl.store(ws_ptr + scal + pos, w.to(tl.int32, bitcast=True), mask=live)
+
+
+@triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val"])
+def routing_fused_kernel(
+    x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, ws_ptr, n_rows_ptr,
+    n_tokens, n_expts, n_local, n_rows_val,
+    K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+    SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
+    SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr, ONE_TILE: tl.constexpr,
+):
+    """Everything in one program (small T): top-k, ranks, placement, ExptData."""
+    n_slots = n_tokens * K
+    gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
+        n_slots, n_local, 1, E_PAD)
+    kk = tl.arange(0, K_PAD)
+    if N_ROWS_FROM_PTR:
+        n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
+    else:
+        n_valid_rows = n_rows_val
+    if ONE_TILE:  # all rows in one tile: positions straight from registers
+        rows = tl.arange(0, BLOCK_T)
+        sel, out_col, w, slot_ok, counts, in_t = select_tile(
+            x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
+            K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
+        totals = tl.sum(counts, axis=0)
+        n_routed = tl.sum(totals, axis=0)
+        pos, _t, _d = _rank_tile(sel, out_col, slot_ok, counts, in_t, tl.cumsum(totals, axis=0) - totals,
+                                 n_routed, K, K_PAD, USER_INDX)
+        slot = rows[:, None] * K + out_col
+        live = in_t[:, None] & (kk[None, :] < K)
+        is_local = slot_ok & (sel < n_local)
+        tl.store(ws_ptr + pos, tl.where(is_local, slot, -1), mask=live)
+        tl.store(ws_ptr + gate + slot, tl.where(is_local, pos, -1), mask=live)
+        tl.store(ws_ptr + scal + pos, w.to(tl.int32, bitcast=True), mask=live)
+    else:  # several tiles: ranks to scratch, then a placement pass over all slots
+        totals = tl.zeros([E_PAD], dtype=tl.int32)
+        n_dead = n_tokens * 0
+        for r0 in range(0, n_tokens, BLOCK_T):
+            rows = r0 + tl.arange(0, BLOCK_T)
+            sel, out_col, w, slot_ok, counts, in_t = select_tile(
+                x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
+                K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
+            rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
+                                                      K, K_PAD, USER_INDX)
+            slot = rows[:, None] * K + out_col
+            live = in_t[:, None] & (kk[None, :] < K)
+            tl.store(ws_ptr + expt_o + slot, tl.where(slot_ok, sel, -1), mask=live)
+            tl.store(ws_ptr + rank_o + slot, rank, mask=live)
+            tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
+            totals += tile_counts
+            n_dead += tile_dead
+        tl.debug_barrier()  # the scratch written above is read back by other threads of this program
+        base = tl.cumsum(totals, axis=0) - totals
+        n_routed = tl.sum(totals, axis=0)
+        lanes = tl.arange(0, SLOT_BLOCK)
+        for c0 in range(0, n_slots, SLOT_BLOCK):
+            slot = c0 + lanes
+            live = slot < n_slots
+            expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
+            rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
+            wv = tl.load(ws_ptr + w_o + slot, mask=live, other=0)
+            _place(ws_ptr, expt, rank, wv.to(tl.float32, bitcast=True), slot, live, base, n_routed,
+                   gate, scal, n_local)
+    cols = tl.arange(0, E_PAD)
+    _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
+                     ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1,
+                     E_PAD, TILE_BLOCK)
+
+
+@triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val", "n_iter"])
+def routing_topk_kernel(
+    x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, ws_ptr, n_rows_ptr,
+    n_tokens, n_expts, n_local, n_rows_val, n_iter,
+    K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+    SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr,
+):
+    """Launch 1 of 2: program p takes n_iter row tiles; per slot it writes the expert (-1: nowhere),
+    the weight and the rank within the program; then its counts row and dead-slot count."""
+    pid = tl.program_id(0)
+    n_parts = tl.num_programs(0)
+    n_slots = n_tokens * K
+    _g, _s, _h, _r, _p, _m16, _m32, _m64, _m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
+        n_slots, n_local, n_parts, E_PAD)
+    kk = tl.arange(0, K_PAD)
+    if N_ROWS_FROM_PTR:
+        n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
+    else:
+        n_valid_rows = n_rows_val
+    totals = tl.zeros([E_PAD], dtype=tl.int32)
+    n_dead = n_tokens * 0
+    for it in range(n_iter):
+        rows = (pid * n_iter + it) * BLOCK_T + tl.arange(0, BLOCK_T)
+        sel, out_col, w, slot_ok, counts, in_t = select_tile(
+            x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
+            K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
+        rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
+                                                  K, K_PAD, USER_INDX)
+        slot = rows[:, None] * K + out_col
+        live = in_t[:, None] & (kk[None, :] < K)
+        tl.store(ws_ptr + expt_o + slot, tl.where(slot_ok, sel, -1), mask=live)
+        tl.store(ws_ptr + rank_o + slot, rank, mask=live)
+        tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
+        totals += tile_counts
+        n_dead += tile_dead
+    tl.store(ws_ptr + part_o + pid * E_PAD + tl.arange(0, E_PAD), totals)
+    tl.store(ws_ptr + dead_o + pid, n_dead)
+
+
+@triton.jit(do_not_specialize=["n_parts", "slots_per_part", "n_slots", "n_local"])
+def routing_place_kernel(
+    ws_ptr, n_parts, slots_per_part, n_slots, n_local,
+    E_PAD: tl.constexpr, PART_ROWS: tl.constexpr, SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
+):
+    """Launch 2 of 2: totals and per-program prefixes from the counts rows, every slot to its
+    sorted position (no sort: the ranks are known), then ExptData shared by all programs."""
+    pid = tl.program_id(0)
+    gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
+        n_slots, n_local, n_parts, E_PAD)
+    cols = tl.arange(0, E_PAD)
+    totals = tl.zeros([E_PAD], dtype=tl.int32)
+    before = tl.zeros([E_PAD], dtype=tl.int32)
+    dead_before = n_parts * 0
+    for r0 in range(0, n_parts, PART_ROWS):
+        r = r0 + tl.arange(0, PART_ROWS)
+        tile = tl.load(ws_ptr + part_o + r[:, None] * E_PAD + cols[None, :], mask=r[:, None] < n_parts, other=0)
+        totals += tl.sum(tile, axis=0)
+        before += tl.sum(tl.where(r[:, None] < pid, tile, 0), axis=0)
+        dead = tl.load(ws_ptr + dead_o + r, mask=(r < pid) & (r < n_parts), other=0)
+        dead_before += tl.sum(dead, axis=0)
+    n_routed = tl.sum(totals, axis=0)
+    if pid < n_parts:
+        base = tl.cumsum(totals, axis=0) - totals + before
+        lanes = tl.arange(0, SLOT_BLOCK)
+        slot0 = pid * slots_per_part
+        for c0 in range(0, slots_per_part, SLOT_BLOCK):
+            slot = slot0 + c0 + lanes
+            live = (c0 + lanes < slots_per_part) & (slot < n_slots)
+            expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
+            rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
+            wv = tl.load(ws_ptr + w_o + slot, mask=live, other=0)
+            _place(ws_ptr, expt, rank, wv.to(tl.float32, bitcast=True), slot, live, base,
+                   n_routed + dead_before, gate, scal, n_local)
+    _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
+                     ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
+                     tl.num_programs(0), E_PAD, TILE_BLOCK)
+
+
+@triton.jit(do_not_specialize=["n_local", "n_gates", "raw_off", "pad_off", "map_off16", "map_off32",
+                               "map_off64", "map_off128"])
+def expt_data_kernel(
+    hist_in_ptr, ws_ptr, raw_off, pad_off, map_off16, map_off32, map_off64, map_off128,
+    n_local, n_gates, E_PAD: tl.constexpr, TILE_BLOCK: tl.constexpr,
+):
+    cols = tl.arange(0, E_PAD)
+    hist = tl.load(hist_in_ptr + cols, mask=cols < n_local, other=0).to(tl.int32)
+    _write_expt_data(hist, n_local, n_gates, ws_ptr, ws_ptr + raw_off, ws_ptr + pad_off, ws_ptr + map_off16,
+                     ws_ptr + map_off32, ws_ptr + map_off64, ws_ptr + map_off128, tl.program_id(0),
+                     tl.num_programs(0), E_PAD, TILE_BLOCK)
