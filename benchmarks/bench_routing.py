@@ -161,11 +161,60 @@ def plan_summary(n_tokens, n_expts, k) -> dict:
                 slot_block=plan.slot_block, workspace_int32=plan.total)
 
 
+def sweep(dtype, reps: int) -> list[dict]:
+    """Plan variants per shape (fused warps, split-path programs and warps, the fused/split switch):
+    each is checked against routing_torch, then timed graphed (1 and 16 calls per graph)."""
+    import dataclasses
+    orig = routing_details.make_routing_plan
+    tp = routing_details._target_programs()
+    out = []
+    for n_expts in EXPERTS:
+        for n_tokens in (1, 64, 512, 4096, 16384):
+            logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
+            variants = []
+            fused = orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)
+            if n_tokens <= 512:
+                for nw in (1, 2, 4, 8):
+                    tb = max(16, min(128, 1024 * nw // fused.e_pad))
+                    variants.append((f"fused nw={nw}", dataclasses.replace(fused, num_warps=nw, tile_block=tb)))
+            if n_tokens > 1:
+                for t, nw, pw in ((tp, 4, 4), (tp, 8, 4), (tp, 8, 8), (2 * tp, 4, 4), (2 * tp, 8, 4)):
+                    split = orig(n_tokens, n_expts, TOPK, 1, False, t, 0)
+                    variants.append((f"split P~{t} nw={nw} place_nw={pw}",
+                                     dataclasses.replace(split, num_warps=nw, place_warps=pw)))
+            for name, plan in variants:
+                routing_details.make_routing_plan = lambda *a, _p=plan, **kw: _p
+                try:
+                    bad = mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
+                    g1 = time_graph_us(lambda: routing(logits, TOPK), reps)
+                    g16 = time_graph_us(lambda: routing(logits, TOPK), max(20, reps // 8), 16)
+                except Exception as exc:  # a variant that does not compile is reported, not fatal
+                    bad, g1, g16 = [f"{type(exc).__name__}: {str(exc)[:200]}"], float("nan"), float("nan")
+                finally:
+                    routing_details.make_routing_plan = orig
+                row = dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16)
+                out.append(row)
+                print(f"  sweep T={n_tokens} E={n_expts} {name}: graph {g1:.1f} us, x16 {g16:.1f} us {bad or ''}",
+                      flush=True)
+    for fast in (True, False):
+        routing_details.FAST_LAUNCH = fast
+        routing_details._COMPILED.clear()
+        for n_tokens, n_expts in ((1, 128), (64, 128), (16384, 128)):
+            logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
+            ok = not mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
+            us = time_eager_us(lambda: routing(logits, TOPK), reps // 3)
+            out.append(dict(T=n_tokens, E=n_expts, variant=f"eager fast_launch={fast}", ok=ok, eager_us=us))
+            print(f"  sweep eager T={n_tokens} E={n_expts} fast_launch={fast}: {us:.1f} us ok={ok}", flush=True)
+    routing_details.FAST_LAUNCH = True
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench_routing.json")
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--sweep", action="store_true", help="also time plan variants (tuning)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_routing: needs a CUDA GPU", file=sys.stderr)
@@ -196,6 +245,7 @@ def main() -> int:
                   f"torch {row['torch_us']:.1f} us {problems or ''}", flush=True)
 
     breakdown = kernel_breakdown(max(TOKENS), max(EXPERTS), TOPK, dtype)
+    swept = sweep(dtype, 100) if args.sweep else []
     print("\n| T | E | k | check | eager (µs) | graphed (µs) | graphed, 16 per graph (µs) | routing_torch (µs) |"
           " eager ≤ 40 | graphed ≤ 15 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -205,7 +255,7 @@ def main() -> int:
               f"{'yes' if r['eager_us'] <= 40 else 'no'} | {'yes' if r['graph_us'] <= 15 else 'no'} |")
     print(f"\nper-kernel GPU time (us per call) at T={max(TOKENS)}, E={max(EXPERTS)}: {breakdown}")
     with open(args.out, "w") as f:
-        json.dump(dict(meta=meta, rows=rows, kernel_breakdown=breakdown), f, indent=2)
+        json.dump(dict(meta=meta, rows=rows, kernel_breakdown=breakdown, sweep=swept), f, indent=2)
     print(f"wrote {args.out}")
     return 0 if all_ok else 1
 
