@@ -46,11 +46,15 @@ def _with_decoders(configs, decoders=("ptx", "words")):
 
 DECODE = _with_decoders([C(16, 64, 128, 1, 4, 3, True), C(16, 64, 256, 1, 4, 3, True), C(16, 128, 128, 1, 4, 3, True),
                          C(16, 64, 128, 1, 4, 4, True), C(16, 128, 256, 1, 8, 3, True), C(16, 64, 512, 1, 4, 3, True)],
-                        ("ptx",)) + [C(16, 64, 128, 1, 4, 3, True, "words")]
+                        ("ptx",)) + [C(16, 64, 128, 1, 4, 3, True, "words")] + [
+    C(16, 64, 128, 1, 4, 4, True, "ptx", split) for split in (2, 3, 4, 6, 8)] + [
+    C(16, 64, 256, 1, 4, 3, True, "ptx", split) for split in (2, 4)] + [
+    C(16, 128, 128, 1, 4, 4, True, "ptx", split) for split in (4, 8)]
 PREFILL = _with_decoders([C(128, 64, 128, 8, 4, 3, True), C(128, 128, 128, 8, 8, 3, True),
                           C(128, 256, 64, 8, 8, 3, True), C(128, 128, 64, 8, 4, 4, True),
                           C(128, 256, 128, 8, 8, 3, True), C(128, 128, 128, 8, 4, 3, True)], ("ptx",)) + [
-    C(128, 128, 128, 8, 8, 3, True, "words")]
+    C(128, 128, 128, 8, 8, 3, True, "words"), C(128, 128, 64, 8, 4, 4, True, "bytes"),
+    C(128, 128, 64, 8, 4, 3, True, "ptx"), C(128, 256, 64, 8, 8, 4, True, "ptx")]
 MID = _with_decoders([C(64, 128, 128, 8, 4, 3, True), C(64, 64, 128, 8, 4, 3, True), C(64, 128, 128, 8, 4, 4, True),
                       C(64, 128, 256, 8, 4, 3, True), C(64, 256, 64, 8, 8, 3, True)], ("ptx",)) + [
     C(64, 128, 128, 8, 4, 3, True, "words")]

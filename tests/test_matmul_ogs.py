@@ -562,14 +562,17 @@ def test_fp4_packed_along_n_is_refused():
         matmul_ogs(x, packed_along_n, None, precision_config=PrecisionConfig(weight_scale=torch.zeros(2, 32, dtype=torch.uint8)))
 
 
-def test_int64_index_path(device, monkeypatch):
-    """The 64-bit offset variant (taken when a tile's offsets can pass 2^31) computes the same result."""
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_int64_index_path(device, monkeypatch, split_k):
+    """The 64-bit offset variant (taken when a tile's offsets can pass 2^31) computes the same result,
+    with and without a K split (whose fp32 partials are addressed 64-bit too)."""
     import triton_kernels.matmul_ogs as mo
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=32, group_m=1, num_warps=4, num_stages=1, split_k=split_k)
     out32, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
-        device, True, True, True, True, "mxfp4", "raw")
+        device, True, True, True, True, "mxfp4", "raw", config=cfg)
     monkeypatch.setattr(mo, "_INT32_LIMIT", 16)
-    assert mo._needs_int64(mo._check(x, w, bias, rd, gi, si, pc, None, gammas, None, SWIGLU, None), x, x)
-    out64 = matmul_ogs(x, w, bias, rd, **kwargs)
+    assert mo._needs_int64(mo._check(x, w, bias, rd, gi, si, pc, None, gammas, None, SWIGLU, None), x, x, x)
+    out64 = matmul_ogs(x, w, bias, rd, config=cfg, **kwargs)
     assert torch.equal(out64, out32)
 
 
@@ -641,3 +644,32 @@ def test_decoder_choice_falls_back_where_operands_or_backend_do_not_allow():
     assert chosen(k_contig, dataclasses.replace(cfg, swap_xw=False)) == 0
     with pytest.raises(ValueError, match="decode"):
         MatmulConfig(16, 32, 64, 1, 4, 1, swap_xw=True, decode="nibbles")
+
+
+@pytest.mark.parametrize("swap_xw,decode,split_k", [(False, "bytes", 2), (True, "words", 3), (True, "bytes", 4)])
+@pytest.mark.parametrize("gather,scatter,epi,act", [(True, False, True, True), (False, True, True, False)])
+def test_split_k_matches_reference(device, swap_xw, decode, split_k, gather, scatter, epi, act):
+    """K split over programs (fp32 partials summed by a second launch, then the epilogue): K = 160 is
+    five 32-wide steps, so splits get unequal shares (3 splits: 2 + 2 + 1 steps; 4 splits: the last
+    gets none past K) and the epilogue (bias, gammas, SwiGLU, scatter) runs once on the full sum."""
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=32, group_m=1, num_warps=4, num_stages=1, swap_xw=swap_xw,
+                       decode=decode, split_k=split_k)
+    out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
+        device, gather, scatter, epi, act, "mxfp4", "default", kdim=160, n=64, config=cfg)
+    assert not out.isnan().any(), "output not fully written"
+    assert rel_err(out, ref) <= 1e-2
+    unsplit = dataclasses.replace(cfg, split_k=1)
+    out1, _, _ = run_routed(device, gather, scatter, epi, act, "mxfp4", "default", kdim=160, n=64, config=unsplit)
+    assert rel_err(out, out1) <= 2e-3  # the same sums in another order (bf16 output: last-bit differences)
+
+
+def test_split_k_for_fills_the_gpu_and_keeps_steps():
+    from triton_kernels.matmul_ogs_details.configs import split_k_for
+
+    assert split_k_for(180, 2880, 128, 132) == 4  # down at T = 1: 180 tiles -> 720 programs
+    assert split_k_for(360, 2880, 128, 132) == 2  # gate_up at T = 1
+    assert split_k_for(6000, 2880, 128, 132) == 1  # enough tiles already
+    assert split_k_for(4, 256, 128, 132) == 1  # two steps: nothing to split
+    assert split_k_for(4, 2880, 128, 0) == 1  # the interpreter
+    with pytest.raises(ValueError, match="split_k"):
+        MatmulConfig(16, 32, 64, 1, 4, 1, split_k=0)

@@ -62,7 +62,7 @@ import triton
 from . import target_info
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
-from .matmul_ogs_details.configs import DECODERS, MatmulConfig, choose_config
+from .matmul_ogs_details.configs import DECODERS, MatmulConfig, choose_config, split_k_for
 from .numerics import InFlexData, OutFlexData
 from .swiglu import swiglu_fn, swiglu_fn_torch
 
@@ -372,9 +372,9 @@ def _span(t: torch.Tensor) -> int:
     return 1 + sum((d - 1) * abs(st) for d, st in zip(t.shape, t.stride()) if d > 0)
 
 
-def _needs_int64(p: _Problem, out: torch.Tensor, x: torch.Tensor) -> bool:
+def _needs_int64(p: _Problem, out: torch.Tensor, x: torch.Tensor, partial: torch.Tensor) -> bool:
     """Whether per-tile offsets (within one batch / expert; the expert base is always 64-bit) can pass 2^31."""
-    spans = [_span(out[0]) if out.shape[0] else 0, _span(x[0]) if x.shape[0] else 0]
+    spans = [_span(out[0]) if out.shape[0] else 0, _span(x[0]) if x.shape[0] else 0, _span(partial)]
     for op in (p.w, p.ws):
         if op is not None:
             a = op.addressing
@@ -432,31 +432,48 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         stride_bias_e = bias.stride(0) if bias.dim() == 2 and bias.shape[0] > 1 else 0
     n_tiles_n = triton.cdiv(p.n, cfg.block_n)
     args = list(p.act_args) + [None] * (_MAX_FN_ARGS - len(p.act_args))
+    if not (n_tiles_m and n_tiles_n and p.batch):
+        split_k = 1
+    elif config is None:
+        split_k = split_k_for(n_tiles_m * n_tiles_n * p.batch, p.k, cfg.block_k, target_info.num_sms())
+    else:
+        split_k = cfg.split_k
+    partial = out3
+    if split_k > 1:
+        partial = torch.empty((split_k, p.batch, p.rows, p.n), dtype=torch.float32, device=x.device)
+    launch_args = (
+        out3, out3.stride(0), out3.stride(1), out3.stride(2),
+        x3, x3.stride(0) if p.batch > 1 else 0, x3.stride(1), x3.stride(2),
+        p.w.data, wa.stride_e if p.w.n_experts not in (None, 1) or p.routed else 0,
+        wa.stride_k_group, wa.stride_k_inner, wa.stride_n,
+        p.ws.data if p.ws is not None else x, sa.stride_e if sa is not None and (p.ws.n_experts not in (None, 1) or p.routed) else 0,
+        sa.stride_k_group if sa else 0, sa.stride_k_inner if sa else 0, sa.stride_n if sa else 0,
+        bias if bias is not None else x, stride_bias_e if bias is not None else 0,
+        betas if betas is not None else x, gammas if gammas is not None else x,
+        float(out_alpha) if out_alpha is not None else 1.0,
+        p.gather if p.gather is not None else token_offs, token_offs, block_pid_map,
+        partial, partial.stride(0), partial.stride(1) if split_k > 1 else 0, partial.stride(2) if split_k > 1 else 0,
+        p.rows, p.n, p.k, p.n_expts_act, n_tiles_m,
+        *args,
+    )
+    constexprs = dict(
+        ACT_FN=p.act_fn, N_ACT_ARGS=len(p.act_args), REDUCTION_N=p.reduction_n,
+        W_MX=p.ws is not None, W_KG=wa.k_group, WS_KG=sa.k_group if sa else 1,
+        ROUTED=p.routed, GATHER=p.gather is not None,
+        HAS_BIAS=bias is not None, HAS_BETAS=betas is not None, HAS_GAMMAS=gammas is not None,
+        HAS_ALPHA=out_alpha is not None,
+        DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p), SPLIT_K=split_k,
+    )
     grid = (n_tiles_m * n_tiles_n, p.batch)
     if n_tiles_m and n_tiles_n and p.batch:
-        _matmul_ogs_kernel[grid](
-            out3, out3.stride(0), out3.stride(1), out3.stride(2),
-            x3, x3.stride(0) if p.batch > 1 else 0, x3.stride(1), x3.stride(2),
-            p.w.data, wa.stride_e if p.w.n_experts not in (None, 1) or p.routed else 0,
-            wa.stride_k_group, wa.stride_k_inner, wa.stride_n,
-            p.ws.data if p.ws is not None else x, sa.stride_e if sa is not None and (p.ws.n_experts not in (None, 1) or p.routed) else 0,
-            sa.stride_k_group if sa else 0, sa.stride_k_inner if sa else 0, sa.stride_n if sa else 0,
-            bias if bias is not None else x, stride_bias_e if bias is not None else 0,
-            betas if betas is not None else x, gammas if gammas is not None else x,
-            float(out_alpha) if out_alpha is not None else 1.0,
-            p.gather if p.gather is not None else token_offs, token_offs, block_pid_map,
-            p.rows, p.n, p.k, p.n_expts_act, n_tiles_m,
-            *args,
-            ACT_FN=p.act_fn, N_ACT_ARGS=len(p.act_args), REDUCTION_N=p.reduction_n,
-            W_MX=p.ws is not None, W_KG=wa.k_group, WS_KG=sa.k_group if sa else 1,
-            ROUTED=p.routed, GATHER=p.gather is not None,
-            HAS_BIAS=bias is not None, HAS_BETAS=betas is not None, HAS_GAMMAS=gammas is not None,
-            HAS_ALPHA=out_alpha is not None,
-            DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3),
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+        if split_k > 1:
+            _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, FINISH_SPLIT=False,
+                                                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            _matmul_ogs_kernel[grid](*launch_args, **constexprs, FINISH_SPLIT=True, num_warps=4, num_stages=1)
+        else:
+            _matmul_ogs_kernel[grid](*launch_args, **constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if p.scatter is None:
         return out
     y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)

@@ -92,14 +92,15 @@ def _swizzle_tile(pid, n_tiles_m, n_tiles_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
               W, stride_w_kg, stride_w_ki, stride_w_n, WS, stride_ws_kg, stride_ws_ki, stride_ws_n,
-              offs_n_safe, mask_n, K, W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
+              offs_n_safe, mask_n, k_start, K, W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
               DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc [BLOCK_M, BLOCK_N] = x tile @ w tile: x de-interleaved into even/odd K, two half-K dots."""
+    """acc [BLOCK_M, BLOCK_N] = x tile @ w tile over k in [k_start, K): x de-interleaved into even/odd K,
+    two half-K dots."""
     x_ptrs = X + x_rows[:, None] * stride_x_m
     w_base = W + offs_n_safe[None, :] * stride_w_n
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptrs + offs_k[None, :] * stride_x_k, mask=mask_x[:, None] & (offs_k < K)[None, :], other=0.0)
         if W_MX:
@@ -289,11 +290,12 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base
 @triton.jit
 def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                       W, stride_w_kg, stride_w_ki, stride_w_n, WS, stride_ws_kg, stride_ws_ki, stride_ws_n,
-                      offs_n_safe, mask_n, K, W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
-                      DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
+                      offs_n_safe, mask_n, k_start, K, W_MX: tl.constexpr, W_KG: tl.constexpr,
+                      WS_KG: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       DECODE: tl.constexpr = 0):
-    """acc [BLOCK_M, BLOCK_N], computed transposed: acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
+    """acc [BLOCK_M, BLOCK_N] over k in [k_start, K), computed transposed:
+    acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
 
     The upcast weight is the dot's left operand (on Hopper wgmma takes it from registers, so the
     decoded tile never goes through shared memory) and N becomes the MMA's M dimension, which
@@ -310,8 +312,8 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     w32_base = W.to(tl.pointer_type(tl.int32)) + offs_n_safe[:, None] * (stride_w_n // 4)
     s_base = WS + offs_n_safe[:, None] * stride_ws_n
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    k_full = (K // BLOCK_K) * BLOCK_K
-    for k0 in range(0, k_full, BLOCK_K):
+    k_full = k_start + ((K - k_start) // BLOCK_K) * BLOCK_K
+    for k0 in range(k_start, k_full, BLOCK_K):
         acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base, stride_w_kg,
                             stride_w_ki, stride_ws_kg, stride_ws_ki, K, False, W_MX, W_KG, WS_KG, DECODE,
                             DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
@@ -331,6 +333,7 @@ def _matmul_ogs_kernel(
     Bias, stride_bias_e,
     Betas, Gammas, out_alpha,
     GatherIndx, TokenOffs, BlockPidMap,
+    Partial, stride_p_s, stride_p_b, stride_p_m,
     M, N, K, n_expts_act, n_tiles_m,
     act_arg0, act_arg1, act_arg2, act_arg3,
     ACT_FN: tl.constexpr, N_ACT_ARGS: tl.constexpr, REDUCTION_N: tl.constexpr,
@@ -339,8 +342,13 @@ def _matmul_ogs_kernel(
     HAS_BIAS: tl.constexpr, HAS_BETAS: tl.constexpr, HAS_GAMMAS: tl.constexpr, HAS_ALPHA: tl.constexpr,
     DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0,
+    SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
+    FINISH_SPLIT: tl.constexpr = False,
 ):
+    """One output tile. Split K (decode: too few tiles to keep every SM busy) runs in two launches:
+    SPLIT_K programs per tile (grid axis 2) each write the raw fp32 sum over their share of K into
+    Partial[split]; then FINISH_SPLIT programs add the SPLIT_K partials in a fixed order
+    (deterministic) and run the epilogue."""
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -376,18 +384,39 @@ def _matmul_ogs_kernel(
         offs_n_safe = offs_n_safe.to(tl.int64)
         x_rows = x_rows.to(tl.int64)
 
-    if SWAP_XW:
-        acc = _swapped_mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
-                                W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
-                                WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
-                                offs_n_safe, mask_n, K, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
-                                BLOCK_M, BLOCK_N, BLOCK_K, DECODE)
+    if INDEX_64:
+        offs_m_p = offs_m.to(tl.int64)
     else:
-        acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
-                        W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
-                        WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
-                        offs_n_safe, mask_n, K, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
-                        BLOCK_M, BLOCK_N, BLOCK_K)
+        offs_m_p = offs_m
+    p_ptrs = Partial + pid_b * stride_p_b + offs_m_p[:, None] * stride_p_m + offs_n[None, :]
+    if FINISH_SPLIT:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for split in tl.static_range(SPLIT_K):
+            acc += tl.load(p_ptrs + split * stride_p_s, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+    else:
+        if SPLIT_K > 1:
+            # split s covers whole BLOCK_K steps [s*steps, (s+1)*steps); only the last can have a K tail
+            steps = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+            k_start = tl.program_id(2) * steps * BLOCK_K
+            k_end = tl.minimum(K, k_start + steps * BLOCK_K)
+        else:
+            k_start = 0
+            k_end = K
+        if SWAP_XW:
+            acc = _swapped_mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
+                                    W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
+                                    WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
+                                    offs_n_safe, mask_n, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
+                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE)
+        else:
+            acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
+                            W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
+                            WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
+                            offs_n_safe, mask_n, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
+                            BLOCK_M, BLOCK_N, BLOCK_K)
+        if SPLIT_K > 1:
+            tl.store(p_ptrs + tl.program_id(2) * stride_p_s, acc, mask=mask_m[:, None] & mask_n[None, :])
+            return
 
     if HAS_BIAS:
         bias = tl.load(Bias + expt * stride_bias_e + offs_n, mask=mask_n, other=0.0).to(tl.float32)

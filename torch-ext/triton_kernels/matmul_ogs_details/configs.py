@@ -29,12 +29,18 @@ class MatmulConfig:
     # PTX; CUDA and bf16 activations). A preference: the launch falls back to the next decoder
     # ("ptx" -> "words" -> "bytes") where the operands or the backend do not allow it.
     decode: str = "bytes"
+    # K split over this many programs per output tile (decode: too few tiles to fill the GPU); the
+    # fp32 partial sums are added in a fixed order by a second launch that runs the epilogue.
+    # choose_config leaves 1; the launch picks a split for automatic configs (split_k_for).
+    split_k: int = 1
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "group_m"):
             value = getattr(self, name)
             if value <= 0 or value & (value - 1):
                 raise ValueError(f"MatmulConfig: `{name}` must be a positive power of two, got {value}")
+        if not isinstance(self.split_k, int) or not 1 <= self.split_k <= 64:
+            raise ValueError(f"MatmulConfig: `split_k` must be an int in [1, 64], got {self.split_k!r}")
         if self.decode not in DECODERS:
             raise ValueError(f"MatmulConfig: `decode` must be one of {DECODERS}, got {self.decode!r}")
         if self.block_k < 32:
@@ -66,17 +72,15 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
         return MatmulConfig(block_m=min(block_m, 16), block_n=max(16, min_n), block_k=64 if weight_is_mx else 32,
                             group_m=2, num_warps=4, num_stages=1)
     if variant == "hopper" and weight_is_mx:
-        # Swapped main loop (decoded weight as wgmma's register operand); measured on the H100 with
-        # benchmarks/sweep_matmul.py (see benchmarks/NOTES_matmul_perf.md): BLOCK_K = 128 and 4 warps
-        # win at every size (the E2M1 decode, not the memory, bounds these tiles: fewer values per
-        # thread per step means fewer registers and more CTAs per SM).
+        # Swapped main loop (decoded weight as wgmma's register operand) with the inline-PTX word
+        # decoder; measured on the H100 with benchmarks/sweep_matmul.py (NOTES_matmul_perf.md).
         if block_m <= 16:
-            return MatmulConfig(block_m, 64, 128, 1, 4, 3, swap_xw=True)
+            return MatmulConfig(block_m, 64, 128, 1, 4, 4, swap_xw=True, decode="ptx")
         if block_m <= 32:
-            return MatmulConfig(block_m, 64, 128, 4, 4, 3, swap_xw=True)
+            return MatmulConfig(block_m, 64, 128, 4, 4, 3, swap_xw=True, decode="ptx")
         if block_m <= 64:
-            return MatmulConfig(block_m, 128, 128, 8, 4, 3, swap_xw=True)
-        return MatmulConfig(128, 64, 128, 8, 4, 3, swap_xw=True)
+            return MatmulConfig(block_m, 128, 128, 8, 4, 3, swap_xw=True, decode="ptx")
+        return MatmulConfig(128, 256, 64, 8, 8, 3, swap_xw=True, decode="ptx")
     if variant in ("hopper", "blackwell"):
         if block_m <= 16:
             return MatmulConfig(block_m, 64, 256 if weight_is_mx else 128, 1, 4, 4)
@@ -89,3 +93,16 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
     if block_m <= 32:
         return MatmulConfig(block_m, 64, 128, 4, 4, 3)
     return MatmulConfig(block_m, 128, 64, 8, 4, 3 if variant == "ampere" else 2)
+
+
+def split_k_for(n_tiles: int, k: int, block_k: int, num_sms: int) -> int:
+    """K split for an automatic config: double it while the launch has fewer than three tiles per SM
+    (each program's decode is a long dependent chain; more resident programs hide its latency)
+    and every split still gets at least four BLOCK_K steps. 1 in the interpreter (num_sms 0)."""
+    if num_sms <= 0:
+        return 1
+    steps = -(-k // block_k)
+    split = 1
+    while n_tiles * split < 3 * num_sms and steps // (2 * split) >= 4 and split < 8:
+        split *= 2
+    return split
