@@ -168,20 +168,26 @@ def sweep(dtype, reps: int) -> list[dict]:
     orig = routing_details.make_routing_plan
     tp = routing_details._target_programs()
     out = []
-    for n_expts in EXPERTS:
-        for n_tokens in (1, 64, 512, 4096, 16384):
+    R = dataclasses.replace
+    cases = {}
+    for n_tokens, n_expts in ((64, 32), (64, 128), (256, 128), (4096, 128), (16384, 128), (16384, 32)):
+        auto = orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
+        v = [("auto", auto), ("auto map_algo=1", R(auto, map_algo=1)), ("auto skip maps", R(auto, skip=1)),
+             ("auto skip ranks", R(auto, skip=2)), ("auto skip both", R(auto, skip=3))]
+        if n_tokens <= 256:
+            f = orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)
+            for bt, nw in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8)):
+                if bt <= f.block_t or bt <= n_tokens:
+                    tb = max(16, min(128, 1024 * nw // f.e_pad))
+                    v.append((f"fused bt={bt} nw={nw}", R(f, block_t=bt, num_warps=nw, tile_block=tb)))
+        if n_tokens > 1:
+            for t, nw in ((2 * tp, 4), (4 * tp, 4), (8 * tp, 4), (8 * tp, 8)):
+                sp = orig(n_tokens, n_expts, TOPK, 1, False, t, 0)
+                v.append((f"split P~{t} nw={nw} map_algo=1", R(sp, num_warps=nw, map_algo=1)))
+        cases[(n_tokens, n_expts)] = v
+    for (n_tokens, n_expts), variants in cases.items():
+        if True:
             logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
-            variants = []
-            fused = orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)
-            if n_tokens <= 512:
-                for nw in (1, 2, 4, 8):
-                    tb = max(16, min(128, 1024 * nw // fused.e_pad))
-                    variants.append((f"fused nw={nw}", dataclasses.replace(fused, num_warps=nw, tile_block=tb)))
-            if n_tokens > 1:
-                for t, nw, pw in ((tp, 4, 4), (tp, 8, 4), (tp, 8, 8), (2 * tp, 4, 4), (2 * tp, 8, 4)):
-                    split = orig(n_tokens, n_expts, TOPK, 1, False, t, 0)
-                    variants.append((f"split P~{t} nw={nw} place_nw={pw}",
-                                     dataclasses.replace(split, num_warps=nw, place_warps=pw)))
             for name, plan in variants:
                 routing_details.make_routing_plan = lambda *a, _p=plan, **kw: _p
                 try:
@@ -206,6 +212,21 @@ def sweep(dtype, reps: int) -> list[dict]:
             out.append(dict(T=n_tokens, E=n_expts, variant=f"eager fast_launch={fast}", ok=ok, eager_us=us))
             print(f"  sweep eager T={n_tokens} E={n_expts} fast_launch={fast}: {us:.1f} us ok={ok}", flush=True)
     routing_details.FAST_LAUNCH = True
+    import cProfile
+    import io
+    import pstats
+    logits = torch.randn(1, 128, device="cuda").to(dtype)
+    for _ in range(20):
+        routing(logits, TOPK)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(2000):
+        routing(logits, TOPK)
+    prof.disable()
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+    print("\n".join(line[:150] for line in buf.getvalue().splitlines()[6:32]))
     return out
 
 

@@ -66,20 +66,26 @@ def _rank_tile(sel, out_col, slot_ok, counts, in_t, base, dead_base,
 
 
 @triton.jit
-def _map_tiles(t, ends, n_used, cols):
+def _map_tiles(t, ends, n_used, cols, MAP_ALGO: tl.constexpr = 0):
     """block_pid_map entries of tiles t: (t - first tile of its expert) << 16 | expert, -1 from
     n_used on. ends[e] (inclusive cumsum of tiles) is nondecreasing, so the experts with
     ends <= t are a prefix; one max over (ends << 11 | e + 1) gives its last expert and end."""
-    key = tl.where(ends[None, :] <= t[:, None], (ends.to(tl.int64) << 11)[None, :] | (cols + 1)[None, :], 0)
-    m = tl.max(key, axis=1)
-    expt = (m & 2047).to(tl.int32)
-    first = (m >> 11).to(tl.int32)
+    done = ends[None, :] <= t[:, None]
+    if MAP_ALGO == 0:
+        key = tl.where(done, (ends.to(tl.int64) << 11)[None, :] | (cols + 1)[None, :], 0)
+        m = tl.max(key, axis=1)
+        expt = (m & 2047).to(tl.int32)
+        first = (m >> 11).to(tl.int32)
+    else:
+        expt = tl.sum(done.to(tl.int32), axis=1)
+        first = tl.max(tl.where(done, ends[None, :], 0), axis=1)
     return tl.where(t < n_used, ((t - first) << 16) | expt, -1)
 
 
 @triton.jit
 def _write_expt_data(hist, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16_ptr, map32_ptr, map64_ptr,
-                     map128_ptr, pid, n_prog, E_PAD: tl.constexpr, TILE_BLOCK: tl.constexpr):
+                     map128_ptr, pid, n_prog, E_PAD: tl.constexpr, TILE_BLOCK: tl.constexpr,
+                     MAP_ALGO: tl.constexpr = 0):
     """hist: [E_PAD] int32 counts of the local experts (zero at and beyond n_local). Program 0
     writes hist, token_offs_raw and the four token_offs_pad; program pid of n_prog writes its
     slice of the four block_pid_maps in one pass."""
@@ -119,10 +125,10 @@ def _write_expt_data(hist, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16_p
     for c in range(0, per_prog, TILE_BLOCK):
         t = pid * per_prog + c + lanes
         mine = c + lanes < per_prog
-        tl.store(map16_ptr + t, _map_tiles(t, e16, u16, cols), mask=mine & (t < n16))
-        tl.store(map32_ptr + t, _map_tiles(t, e32, u32, cols), mask=mine & (t < n32))
-        tl.store(map64_ptr + t, _map_tiles(t, e64, u64, cols), mask=mine & (t < n64))
-        tl.store(map128_ptr + t, _map_tiles(t, e128, u128, cols), mask=mine & (t < n128))
+        tl.store(map16_ptr + t, _map_tiles(t, e16, u16, cols, MAP_ALGO), mask=mine & (t < n16))
+        tl.store(map32_ptr + t, _map_tiles(t, e32, u32, cols, MAP_ALGO), mask=mine & (t < n32))
+        tl.store(map64_ptr + t, _map_tiles(t, e64, u64, cols, MAP_ALGO), mask=mine & (t < n64))
+        tl.store(map128_ptr + t, _map_tiles(t, e128, u128, cols, MAP_ALGO), mask=mine & (t < n128))
 
 
 @triton.jit
@@ -143,6 +149,7 @@ def routing_fused_kernel(
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
     SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
     SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr, ONE_TILE: tl.constexpr,
+    MAP_ALGO: tl.constexpr = 0, SKIP: tl.constexpr = 0,  # SKIP: timing experiments only (1: maps, 2: ranks)
 ):
     """Everything in one program (small T): top-k, ranks, placement, ExptData."""
     n_slots = n_tokens * K
@@ -160,8 +167,11 @@ def routing_fused_kernel(
             K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
         totals = tl.sum(counts, axis=0)
         n_routed = tl.sum(totals, axis=0)
-        pos, _t, _d = _rank_tile(sel, out_col, slot_ok, counts, in_t, tl.cumsum(totals, axis=0) - totals,
-                                 n_routed, K, K_PAD, USER_INDX)
+        if SKIP & 2 == 0:
+            pos, _t, _d = _rank_tile(sel, out_col, slot_ok, counts, in_t, tl.cumsum(totals, axis=0) - totals,
+                                     n_routed, K, K_PAD, USER_INDX)
+        else:
+            pos = sel + out_col
         slot = rows[:, None] * K + out_col
         live = in_t[:, None] & (kk[None, :] < K)
         is_local = slot_ok & (sel < n_local)
@@ -198,9 +208,10 @@ def routing_fused_kernel(
             _place(ws_ptr, expt, rank, wv.to(tl.float32, bitcast=True), slot, live, base, n_routed,
                    gate, scal, n_local)
     cols = tl.arange(0, E_PAD)
-    _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
-                     ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1,
-                     E_PAD, TILE_BLOCK)
+    if SKIP & 1 == 0:
+        _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
+                         ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1,
+                         E_PAD, TILE_BLOCK, MAP_ALGO)
 
 
 @triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val", "n_iter"])
@@ -209,6 +220,7 @@ def routing_topk_kernel(
     n_tokens, n_expts, n_local, n_rows_val, n_iter,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
     SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr,
+    SKIP: tl.constexpr = 0,  # timing experiments only (2: ranks)
 ):
     """Launch 1 of 2: program p takes n_iter row tiles; per slot it writes the expert (-1: nowhere),
     the weight and the rank within the program; then its counts row and dead-slot count."""
@@ -229,8 +241,11 @@ def routing_topk_kernel(
         sel, out_col, w, slot_ok, counts, in_t = select_tile(
             x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
             K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
-        rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
-                                                  K, K_PAD, USER_INDX)
+        if SKIP & 2 == 0:
+            rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
+                                                      K, K_PAD, USER_INDX)
+        else:
+            rank, tile_counts, tile_dead = sel + out_col, tl.sum(counts, axis=0), 0
         slot = rows[:, None] * K + out_col
         live = in_t[:, None] & (kk[None, :] < K)
         tl.store(ws_ptr + expt_o + slot, tl.where(slot_ok, sel, -1), mask=live)
@@ -246,6 +261,7 @@ def routing_topk_kernel(
 def routing_place_kernel(
     ws_ptr, n_parts, slots_per_part, n_slots, n_local,
     E_PAD: tl.constexpr, PART_ROWS: tl.constexpr, SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
+    MAP_ALGO: tl.constexpr = 0, SKIP: tl.constexpr = 0,  # SKIP: timing experiments only (1: maps)
 ):
     """Launch 2 of 2: totals and per-program prefixes from the counts rows, every slot to its
     sorted position (no sort: the ranks are known), then ExptData shared by all programs."""
@@ -276,9 +292,10 @@ def routing_place_kernel(
             wv = tl.load(ws_ptr + w_o + slot, mask=live, other=0)
             _place(ws_ptr, expt, rank, wv.to(tl.float32, bitcast=True), slot, live, base,
                    n_routed + dead_before, gate, scal, n_local)
-    _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
-                     ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
-                     tl.num_programs(0), E_PAD, TILE_BLOCK)
+    if SKIP & 1 == 0:
+        _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
+                         ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
+                         tl.num_programs(0), E_PAD, TILE_BLOCK, MAP_ALGO)
 
 
 @triton.jit(do_not_specialize=["n_local", "n_gates", "raw_off", "pad_off", "map_off16", "map_off32",
