@@ -236,7 +236,13 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--sweep", action="store_true", help="also time plan variants (tuning)")
+    parser.add_argument("--sweep-only", action="store_true", help="only the variant sweep")
     args = parser.parse_args()
+    if args.sweep_only:
+        swept = sweep(getattr(torch, args.dtype), 100)
+        with open(args.out, "w") as f:
+            json.dump(dict(sweep=swept), f, indent=2)
+        return 0
     if not torch.cuda.is_available():
         print("bench_routing: needs a CUDA GPU", file=sys.stderr)
         return 2
