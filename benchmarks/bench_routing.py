@@ -172,7 +172,7 @@ def sweep(dtype, reps: int) -> list[dict]:
     cases = {}
     for n_tokens, n_expts in ((64, 32), (64, 128), (256, 128), (4096, 128), (16384, 128), (16384, 32)):
         auto = orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
-        v = [("auto", auto), ("auto map_algo=1", R(auto, map_algo=1)), ("auto skip maps", R(auto, skip=1)),
+        v = [("auto", auto), ("auto skip maps", R(auto, skip=1)),
              ("auto skip ranks", R(auto, skip=2)), ("auto skip both", R(auto, skip=3))]
         if n_tokens <= 256:
             f = orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)
@@ -181,9 +181,9 @@ def sweep(dtype, reps: int) -> list[dict]:
                     tb = max(16, min(128, 1024 * nw // f.e_pad))
                     v.append((f"fused bt={bt} nw={nw}", R(f, block_t=bt, num_warps=nw, tile_block=tb)))
         if n_tokens > 1:
-            for t, nw in ((2 * tp, 4), (4 * tp, 4), (8 * tp, 4), (8 * tp, 8)):
+            for t, nw in ((tp // 2, 8), (tp // 2, 4), (tp, 4), (tp, 8), (2 * tp, 4)):
                 sp = orig(n_tokens, n_expts, TOPK, 1, False, t, 0)
-                v.append((f"split P~{t} nw={nw} map_algo=1", R(sp, num_warps=nw, map_algo=1)))
+                v.append((f"split P~{t} nw={nw}", R(sp, num_warps=nw)))
         cases[(n_tokens, n_expts)] = v
     for (n_tokens, n_expts), variants in cases.items():
         if True:

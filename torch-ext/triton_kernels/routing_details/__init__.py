@@ -39,7 +39,7 @@ from ._kernels import (BLOCK_SIZES, expt_data_kernel, routing_fused_kernel, rout
 
 __all__ = ["RoutingPlan", "make_routing_plan", "routing_triton", "compute_expt_data_triton", "max_tiles"]
 
-FUSED_MAX_TILES = 4  # the fused path takes up to this many row tiles (0: never fused)
+FUSED_MAX_TILES = 1  # fused when all rows fit one tile, or up to this many tiles (0: never fused)
 FAST_LAUNCH = True  # relaunch cached compiled kernels directly (see `_launch`)
 _COMPILED: dict = {}
 
@@ -92,7 +92,6 @@ class RoutingPlan:
     sizes: tuple[int, ...]
     total: int
     place_warps: int = 4
-    map_algo: int = 0  # block_pid_map lookup: 0 one packed int64 max, 1 an int32 sum and max
     skip: int = 0  # timing experiments only: leave out the maps (1) / the ranks (2); results are wrong
 
 
@@ -106,27 +105,26 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
     keys = 2048 if sm_first else 4096  # keys per row tile (the float64 softmax over whole rows is wider)
     block_t = max(1, min(128, keys // e_pad, 8192 // (k_pad * k_pad)))
     n_tiles = triton.cdiv(n_tokens, block_t)
-    if n_tokens <= 1 or n_tiles <= fused_max_tiles:
-        one_tile = _next_pow2(max(n_tokens, 1))
-        if one_tile * e_pad <= 2 * keys and one_tile * k_pad * k_pad <= 8192:
-            block_t = one_tile  # all rows in one tile
-        block_t = min(block_t, one_tile)
-        num_warps = max(1, min(8, block_t * e_pad // 1024))
-        tile_block = max(16, min(128, 32 * 32 * num_warps // e_pad))
+    one_tile = _next_pow2(max(n_tokens, 1))
+    single = one_tile * e_pad <= 2 * keys and one_tile * k_pad * k_pad <= 8192
+    if n_tokens <= 1 or (fused_max_tiles > 0 and (single or n_tiles <= fused_max_tiles)):
+        block_t = one_tile if single else block_t
+        n_keys = block_t * e_pad
+        num_warps = 1 if n_keys <= 256 else 4 if n_keys <= 1024 else 8
+        sizes = _layout(n_slots, n_local, 1, e_pad)
         return RoutingPlan(True, e_pad, k_pad, block_t, 1, 1, num_warps, n_slots,
-                           max(16, min(1024, _next_pow2(n_slots))), 1, tile_block, 1,
-                           _layout(n_slots, n_local, 1, e_pad), sum(_layout(n_slots, n_local, 1, e_pad)))
-    n_iter = max(1, triton.cdiv(n_tiles, max(1, target_programs)))
+                           max(16, min(1024, _next_pow2(n_slots))), 1, 32, 1, sizes, sum(sizes))
+    # measured on the H100: more, smaller programs pay at E = 128 (the top-k tiles are latency-bound)
+    target = 2 * target_programs if e_pad >= 128 else target_programs
+    n_iter = max(1, triton.cdiv(n_tiles, max(1, target)))
     n_parts = triton.cdiv(n_tiles, n_iter)
     slots_per_part = block_t * n_iter * k
-    tile_block = max(16, 4096 // e_pad)
-    map16 = max_tiles(n_slots, n_local, 16)
     sizes = _layout(n_slots, n_local, n_parts, e_pad)
     return RoutingPlan(
-        False, e_pad, k_pad, block_t, n_iter, n_parts, 8, slots_per_part,
+        False, e_pad, k_pad, block_t, n_iter, n_parts, 4 if e_pad >= 128 else 8, slots_per_part,
         max(16, min(1024, _next_pow2(slots_per_part))),
-        max(1, min(_next_pow2(n_parts), 4096 // e_pad)), tile_block,
-        max(n_parts, triton.cdiv(map16, 8 * tile_block), 1), sizes, sum(sizes))
+        max(1, min(_next_pow2(n_parts), 4096 // e_pad)), 32,
+        max(n_parts, 1), sizes, sum(sizes))
 
 
 def _aligned(t) -> bool:
@@ -177,7 +175,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
             _aligned(expt_indx), n_rows.dtype if from_ptr else None, _aligned(n_rows_ptr))
     if plan.fused:
         consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.slot_block, plan.tile_block, sm_first, user,
-                  from_ptr, plan.block_t >= n_tokens, plan.map_algo, plan.skip)
+                  from_ptr, plan.block_t >= n_tokens, plan.skip)
         _launch(routing_fused_kernel, 1, ("fused", consts, plan.num_warps) + spec,
                 (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val),
                 consts, plan.num_warps, dev)
@@ -186,7 +184,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
         _launch(routing_topk_kernel, plan.n_parts, ("topk", consts, plan.num_warps) + spec,
                 (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
                  plan.n_iter), consts, plan.num_warps, dev)
-        consts = (plan.e_pad, plan.part_rows, plan.slot_block, plan.tile_block, plan.map_algo, plan.skip)
+        consts = (plan.e_pad, plan.part_rows, plan.slot_block, plan.tile_block, plan.skip)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.slots_per_part, n_tokens * k, n_local), consts, plan.place_warps, dev)
     (topk_indx, gate_indx, gate_scal, hist, raw, p16, p32, p64, p128, m16, m32, m64, m128,

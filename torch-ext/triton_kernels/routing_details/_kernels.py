@@ -66,69 +66,66 @@ def _rank_tile(sel, out_col, slot_ok, counts, in_t, base, dead_base,
 
 
 @triton.jit
-def _map_tiles(t, ends, n_used, cols, MAP_ALGO: tl.constexpr = 0):
-    """block_pid_map entries of tiles t: (t - first tile of its expert) << 16 | expert, -1 from
-    n_used on. ends[e] (inclusive cumsum of tiles) is nondecreasing, so the experts with
-    ends <= t are a prefix; one max over (ends << 11 | e + 1) gives its last expert and end."""
-    done = ends[None, :] <= t[:, None]
-    if MAP_ALGO == 0:
-        key = tl.where(done, (ends.to(tl.int64) << 11)[None, :] | (cols + 1)[None, :], 0)
-        m = tl.max(key, axis=1)
-        expt = (m & 2047).to(tl.int32)
-        first = (m >> 11).to(tl.int32)
-    else:
-        expt = tl.sum(done.to(tl.int32), axis=1)
-        first = tl.max(tl.where(done, ends[None, :], 0), axis=1)
-    return tl.where(t < n_used, ((t - first) << 16) | expt, -1)
+def _fill_map(map_ptr, starts, tiles, cols, i, n_local):
+    """Tiles i ([IB]) of every expert ([E_PAD] starts / tile counts): (i << 16) | e at starts[e] + i."""
+    ok = (cols[:, None] < n_local) & (i[None, :] < tiles[:, None])
+    tl.store(map_ptr + starts[:, None] + i[None, :], (i[None, :] << 16) | cols[:, None], mask=ok)
 
 
 @triton.jit
 def _write_expt_data(hist, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16_ptr, map32_ptr, map64_ptr,
-                     map128_ptr, pid, n_prog, E_PAD: tl.constexpr, TILE_BLOCK: tl.constexpr,
-                     MAP_ALGO: tl.constexpr = 0):
+                     map128_ptr, pid, n_prog, E_PAD: tl.constexpr, TILE_BLOCK: tl.constexpr):
     """hist: [E_PAD] int32 counts of the local experts (zero at and beyond n_local). Program 0
-    writes hist, token_offs_raw and the four token_offs_pad; program pid of n_prog writes its
-    slice of the four block_pid_maps in one pass."""
+    writes hist, token_offs_raw and the four token_offs_pad; the n_prog programs share the four
+    block_pid_maps: expert e's tiles are written where they go (a [E_PAD, TILE_BLOCK] block of
+    stores per step, no search), and every program fills its slice of the unused tail with -1."""
     cols = tl.arange(0, E_PAD)
     in_e = cols < n_local
     t16 = (hist + 15) // 16
     t32 = (hist + 31) // 32
     t64 = (hist + 63) // 64
     t128 = (hist + 127) // 128
-    e16 = tl.cumsum(t16, axis=0)
-    e32 = tl.cumsum(t32, axis=0)
-    e64 = tl.cumsum(t64, axis=0)
-    e128 = tl.cumsum(t128, axis=0)
+    s16 = tl.cumsum(t16, axis=0) - t16
+    s32 = tl.cumsum(t32, axis=0) - t32
+    s64 = tl.cumsum(t64, axis=0) - t64
+    s128 = tl.cumsum(t128, axis=0) - t128
+    u16 = tl.sum(t16, axis=0)
+    u32 = tl.sum(t32, axis=0)
+    u64 = tl.sum(t64, axis=0)
+    u128 = tl.sum(t128, axis=0)
     if pid == 0:
         tl.store(hist_ptr + cols, hist, mask=in_e)
         tl.store(raw_ptr + cols, tl.cumsum(hist, axis=0) - hist, mask=in_e)
         tl.store(raw_ptr + n_local, tl.sum(hist, axis=0))
         stride = n_local + 1
-        tl.store(pad_ptr + cols, e16 - t16, mask=in_e)
-        tl.store(pad_ptr + stride + cols, e32 - t32, mask=in_e)
-        tl.store(pad_ptr + 2 * stride + cols, e64 - t64, mask=in_e)
-        tl.store(pad_ptr + 3 * stride + cols, e128 - t128, mask=in_e)
-        tl.store(pad_ptr + n_local, tl.sum(t16, axis=0))
-        tl.store(pad_ptr + stride + n_local, tl.sum(t32, axis=0))
-        tl.store(pad_ptr + 2 * stride + n_local, tl.sum(t64, axis=0))
-        tl.store(pad_ptr + 3 * stride + n_local, tl.sum(t128, axis=0))
-    u16 = tl.sum(t16, axis=0)
-    u32 = tl.sum(t32, axis=0)
-    u64 = tl.sum(t64, axis=0)
-    u128 = tl.sum(t128, axis=0)
+        tl.store(pad_ptr + cols, s16, mask=in_e)
+        tl.store(pad_ptr + stride + cols, s32, mask=in_e)
+        tl.store(pad_ptr + 2 * stride + cols, s64, mask=in_e)
+        tl.store(pad_ptr + 3 * stride + cols, s128, mask=in_e)
+        tl.store(pad_ptr + n_local, u16)
+        tl.store(pad_ptr + stride + n_local, u32)
+        tl.store(pad_ptr + 2 * stride + n_local, u64)
+        tl.store(pad_ptr + 3 * stride + n_local, u128)
+    ib = tl.arange(0, TILE_BLOCK)
+    for i0 in range(pid * TILE_BLOCK, tl.max(t16, axis=0), n_prog * TILE_BLOCK):
+        i = i0 + ib
+        _fill_map(map16_ptr, s16, t16, cols, i, n_local)
+        _fill_map(map32_ptr, s32, t32, cols, i, n_local)
+        _fill_map(map64_ptr, s64, t64, cols, i, n_local)
+        _fill_map(map128_ptr, s128, t128, cols, i, n_local)
     n16 = _max_tiles(n_gates, n_local, 16)  # the longest map; the others are masked to their length
     n32 = _max_tiles(n_gates, n_local, 32)
     n64 = _max_tiles(n_gates, n_local, 64)
     n128 = _max_tiles(n_gates, n_local, 128)
     per_prog = tl.cdiv(n16, n_prog)
-    lanes = tl.arange(0, TILE_BLOCK)
-    for c in range(0, per_prog, TILE_BLOCK):
+    lanes = tl.arange(0, 4 * TILE_BLOCK)
+    for c in range(0, per_prog, 4 * TILE_BLOCK):
         t = pid * per_prog + c + lanes
         mine = c + lanes < per_prog
-        tl.store(map16_ptr + t, _map_tiles(t, e16, u16, cols, MAP_ALGO), mask=mine & (t < n16))
-        tl.store(map32_ptr + t, _map_tiles(t, e32, u32, cols, MAP_ALGO), mask=mine & (t < n32))
-        tl.store(map64_ptr + t, _map_tiles(t, e64, u64, cols, MAP_ALGO), mask=mine & (t < n64))
-        tl.store(map128_ptr + t, _map_tiles(t, e128, u128, cols, MAP_ALGO), mask=mine & (t < n128))
+        tl.store(map16_ptr + t, tl.full(t.shape, -1, tl.int32), mask=mine & (t >= u16) & (t < n16))
+        tl.store(map32_ptr + t, tl.full(t.shape, -1, tl.int32), mask=mine & (t >= u32) & (t < n32))
+        tl.store(map64_ptr + t, tl.full(t.shape, -1, tl.int32), mask=mine & (t >= u64) & (t < n64))
+        tl.store(map128_ptr + t, tl.full(t.shape, -1, tl.int32), mask=mine & (t >= u128) & (t < n128))
 
 
 @triton.jit
@@ -149,7 +146,7 @@ def routing_fused_kernel(
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
     SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
     SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr, ONE_TILE: tl.constexpr,
-    MAP_ALGO: tl.constexpr = 0, SKIP: tl.constexpr = 0,  # SKIP: timing experiments only (1: maps, 2: ranks)
+    SKIP: tl.constexpr = 0,  # timing experiments only (1: leave out the maps, 2: the ranks)
 ):
     """Everything in one program (small T): top-k, ranks, placement, ExptData."""
     n_slots = n_tokens * K
@@ -211,7 +208,7 @@ def routing_fused_kernel(
     if SKIP & 1 == 0:
         _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
                          ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1,
-                         E_PAD, TILE_BLOCK, MAP_ALGO)
+                         E_PAD, TILE_BLOCK)
 
 
 @triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val", "n_iter"])
@@ -261,7 +258,7 @@ def routing_topk_kernel(
 def routing_place_kernel(
     ws_ptr, n_parts, slots_per_part, n_slots, n_local,
     E_PAD: tl.constexpr, PART_ROWS: tl.constexpr, SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
-    MAP_ALGO: tl.constexpr = 0, SKIP: tl.constexpr = 0,  # SKIP: timing experiments only (1: maps)
+    SKIP: tl.constexpr = 0,  # timing experiments only (1: leave out the maps)
 ):
     """Launch 2 of 2: totals and per-program prefixes from the counts rows, every slot to its
     sorted position (no sort: the ranks are known), then ExptData shared by all programs."""
@@ -295,7 +292,7 @@ def routing_place_kernel(
     if SKIP & 1 == 0:
         _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
                          ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
-                         tl.num_programs(0), E_PAD, TILE_BLOCK, MAP_ALGO)
+                         tl.num_programs(0), E_PAD, TILE_BLOCK)
 
 
 @triton.jit(do_not_specialize=["n_local", "n_gates", "raw_off", "pad_off", "map_off16", "map_off32",
