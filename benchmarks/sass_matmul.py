@@ -27,12 +27,13 @@ from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
 from triton_kernels.swiglu import swiglu_fn  # noqa: E402
 
 _POINTERS = {"Y": "*bf16", "X": "*bf16", "W": "*u8", "WS": "*u8", "Bias": "*fp32", "Betas": "*fp32",
-             "Gammas": "*fp32", "GatherIndx": "*i32", "TokenOffs": "*i32", "BlockPidMap": "*i32"}
+             "Gammas": "*fp32", "GatherIndx": "*i32", "TokenOffs": "*i32", "BlockPidMap": "*i32", "Partial": "*fp32"}
 _FLOATS = {"out_alpha", "act_arg0", "act_arg1"}
 _NONE = {"act_arg2", "act_arg3"}
 
 
-def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90):
+def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90,
+                   split_k=1):
     fn = _kernels._matmul_ogs_kernel
     names = fn.arg_names
     constexprs = dict(
@@ -40,7 +41,8 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         REDUCTION_N=2 if gate_up else 1, W_MX=True, W_KG=1, WS_KG=4, ROUTED=True, GATHER=gate_up,
         HAS_BIAS=True, HAS_BETAS=False, HAS_GAMMAS=not gate_up, HAS_ALPHA=False, DOT_F32=False,
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
-        DECODE={"bytes": 0, "words": 1, "ptx": 2}[decode],
+        DECODE={"bytes": 0, "words": 1, "ptx": 2}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
+        MAP_BLOCK_M=min(block_m, 128),
     )
     if not gate_up:
         constexprs.update(act_arg0=None, act_arg1=None)

@@ -660,7 +660,11 @@ def test_split_k_matches_reference(device, swap_xw, decode, split_k, gather, sca
     assert rel_err(out, ref) <= 1e-2
     unsplit = dataclasses.replace(cfg, split_k=1)
     out1, _, _ = run_routed(device, gather, scatter, epi, act, "mxfp4", "default", kdim=160, n=64, config=unsplit)
-    assert rel_err(out, out1) <= 2e-3  # the same sums in another order (bf16 output: last-bit differences)
+    # the same sums in another order; with a scatter the split partials stay fp32 up to the top-k sum,
+    # where the unsplit path rounds each slot's row to bf16 first
+    assert rel_err(out, out1) <= 5e-3
+    indep = independent_routed(x, w64, bias, expts, gi, si, rd, gather, scatter, act, gammas)
+    assert rel_err(out, indep) <= 1e-2
 
 
 def test_split_k_for_fills_the_gpu_and_keeps_steps():
@@ -673,3 +677,32 @@ def test_split_k_for_fills_the_gpu_and_keeps_steps():
     assert split_k_for(4, 2880, 128, 0) == 1  # the interpreter
     with pytest.raises(ValueError, match="split_k"):
         MatmulConfig(16, 32, 64, 1, 4, 1, split_k=0)
+
+
+@pytest.mark.parametrize("swap_xw", [False, True])
+def test_block_m_256_reads_the_128_tile_map(device, swap_xw):
+    """Tiles taller than routing's largest map (128 rows) take every other 128-row entry: experts with
+    0, 1 to 128, 129 to 256 and more than 256 rows all come out complete and right."""
+    from triton_kernels.routing import routing_torch
+
+    torch.manual_seed(3)
+    n_tokens, n_expts, k = 300, 5, 2
+    logits = torch.randn(n_tokens, n_expts)
+    logits[:, 0] += 8.0  # every token: more than 256 rows
+    logits[:, 1] = -1e4  # none
+    logits[:40, 2] += 20.0  # 40 rows
+    logits[40:200, 3] += 4.0  # 160 rows
+    logits[200:, 4] += 4.0  # 100 rows
+    rd, gi, si = routing_torch(logits.to(device), k)
+    hist = sorted(rd.expt_hist.tolist())
+    assert hist[0] == 0 and any(0 < h <= 128 for h in hist) and any(128 < h <= 256 for h in hist) and hist[-1] > 256
+    codes, scales = mx_weight(n_expts, 64, 32, 4, device)
+    w, s = as_weight(codes, scales, "default")
+    x = torch.randn(n_tokens, 64, device=device).bfloat16()
+    cfg = MatmulConfig(block_m=256, block_n=32, block_k=64, group_m=4, num_warps=4, num_stages=1, swap_xw=swap_xw,
+                       decode="words" if swap_xw else "bytes")
+    kwargs = dict(gather_indx=gi, precision_config=PrecisionConfig(weight_scale=s))
+    y = torch.full((n_tokens * k, 32), float("nan"), dtype=torch.bfloat16, device=device)
+    out = matmul_ogs(x, w, None, rd, y=y, config=cfg, **kwargs)
+    assert not out.isnan().any(), "output not fully written"
+    assert rel_err(out, matmul_ogs_torch(x, w, None, rd, **kwargs)) <= 1e-2

@@ -62,7 +62,7 @@ import triton
 from . import target_info
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
-from .matmul_ogs_details.configs import DECODERS, MatmulConfig, choose_config, split_k_for
+from .matmul_ogs_details.configs import DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, split_k_for
 from .numerics import InFlexData, OutFlexData
 from .swiglu import swiglu_fn, swiglu_fn_torch
 
@@ -357,9 +357,10 @@ def _expt_data(routing_data, n_rows: int):
 
 
 def _block_pid_map(expt_data, block_m: int) -> torch.Tensor:
+    """The tile map for block_m (routing tabulates 16..128; a taller tile reads the 128 map, see MAP_BLOCK_M)."""
     table = expt_data.block_pid_map
     try:
-        return table[block_m]
+        return table[min(block_m, ROUTED_BLOCK_M[-1])]
     except (KeyError, IndexError, TypeError):
         raise ValueError(f"matmul_ogs: `routing_data.expt_data.block_pid_map` has no entry for block_m={block_m}") from None
 
@@ -465,13 +466,18 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p), SPLIT_K=split_k,
+        MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
     )
+    # split partials of a linear epilogue under a scatter are added by the top-k reduce itself
+    linear_splits = split_k > 1 and p.scatter is not None and p.act_fn is identity_fn and not p.act_args
     grid = (n_tiles_m * n_tiles_n, p.batch)
     if n_tiles_m and n_tiles_n and p.batch:
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, FINISH_SPLIT=False,
+                                                  LINEAR_SPLITS=linear_splits,
                                                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            _matmul_ogs_kernel[grid](*launch_args, **constexprs, FINISH_SPLIT=True, num_warps=4, num_stages=1)
+            if not linear_splits:
+                _matmul_ogs_kernel[grid](*launch_args, **constexprs, FINISH_SPLIT=True, num_warps=4, num_stages=1)
         else:
             _matmul_ogs_kernel[grid](*launch_args, **constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if p.scatter is None:
@@ -480,10 +486,14 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     if p.n_tokens and p.n_out:
         block_t, block_n = (16, 64) if target_info.get_target().interpreter else (8, 512)
         grid = (triton.cdiv(p.n_tokens, block_t), triton.cdiv(p.n_out, block_n))
-        _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(0), inter.stride(1),
-                                  p.scatter, p.n_tokens, p.n_out, N_EXPTS_ACT=p.n_expts_act,
+        if linear_splits:
+            inter = partial[:, 0]  # [split_k, rows, N] fp32
+        else:
+            inter = inter.unsqueeze(0)
+        _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1), inter.stride(2),
+                                  p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
                                   INTERPRETED=target_info.get_target().interpreter,
-                                  BLOCK_T=block_t, BLOCK_N=block_n, num_warps=4)
+                                  BLOCK_T=block_t, BLOCK_N=block_n, N_SPLITS=inter.shape[0], num_warps=4)
     return y_out
 
 

@@ -143,42 +143,39 @@ DECODE_PTX: tl.constexpr = tl.constexpr(2)  # 32-bit words, bf16x2 pairs in inli
 _TWO_POW_126: tl.constexpr = tl.constexpr(8.507059173023462e37)
 
 # One 32-bit word of eight E2M1 nibbles (nibble i = K offset i) -> four bf16x2 registers holding
-# nibbles (j, j+4) for j = 0..3, scaled by the bf16x2 scale pair $5. Per pair: the three magnitude
-# bits go to bf16 bits 6..8 (exponent low bits + mantissa top bit) and the sign to bit 15, which
-# is E2M1 * 2^-126 exactly (0.5 lands on a subnormal); two bf16x2 FMAs (-0 addend) multiply by
-# 2^126 and by the scale, both exact.
+# nibbles (j, j+4) for j = 0..3, scaled by the bf16x2 scale pair $5. A pair starts as its two
+# nibbles alone in the low bits of the two 16-bit lanes (an AND, after shifting the word down by
+# 8 for j >= 2, or at bits 4..7 of each lane for odd j); one integer multiply by (1 << 6) + (1 << 12)
+# (odd j: (1 << 2) + (1 << 8)) adds two shifted copies that cannot carry into each other, and the
+# mask 0x81C0 per lane keeps the three magnitude bits at bf16 bits 6..8 (exponent low bits +
+# mantissa top bit) and the sign at bit 15: E2M1 * 2^-126 exactly (0.5 lands on a subnormal). Two
+# bf16x2 FMAs (-0 addend) then multiply by 2^126 and by the scale, both exact.
 _DECODE_PAIRS_PTX: tl.constexpr = tl.constexpr("""
 {
-.reg .b32 m, s, c, nz;
+.reg .b32 t, u, c, nz;
 mov.b32 c, 0x7E807E80;
 mov.b32 nz, 0x80008000;
-shl.b32 m, $4, 6;
-and.b32 m, m, 0x01C001C0;
-shl.b32 s, $4, 12;
-and.b32 s, s, 0x80008000;
-or.b32 m, m, s;
-fma.rn.bf16x2 m, m, c, nz;
-fma.rn.bf16x2 $0, m, $5, nz;
-shl.b32 m, $4, 2;
-and.b32 m, m, 0x01C001C0;
-shl.b32 s, $4, 8;
-and.b32 s, s, 0x80008000;
-or.b32 m, m, s;
-fma.rn.bf16x2 m, m, c, nz;
-fma.rn.bf16x2 $1, m, $5, nz;
-shr.u32 m, $4, 2;
-and.b32 m, m, 0x01C001C0;
-shl.b32 s, $4, 4;
-and.b32 s, s, 0x80008000;
-or.b32 m, m, s;
-fma.rn.bf16x2 m, m, c, nz;
-fma.rn.bf16x2 $2, m, $5, nz;
-shr.u32 m, $4, 6;
-and.b32 m, m, 0x01C001C0;
-and.b32 s, $4, 0x80008000;
-or.b32 m, m, s;
-fma.rn.bf16x2 m, m, c, nz;
-fma.rn.bf16x2 $3, m, $5, nz;
+shr.u32 u, $4, 8;
+and.b32 t, $4, 0x000F000F;
+mul.lo.u32 t, t, 0x1040;
+and.b32 t, t, 0x81C081C0;
+fma.rn.bf16x2 t, t, c, nz;
+fma.rn.bf16x2 $0, t, $5, nz;
+and.b32 t, $4, 0x00F000F0;
+mul.lo.u32 t, t, 0x104;
+and.b32 t, t, 0x81C081C0;
+fma.rn.bf16x2 t, t, c, nz;
+fma.rn.bf16x2 $1, t, $5, nz;
+and.b32 t, u, 0x000F000F;
+mul.lo.u32 t, t, 0x1040;
+and.b32 t, t, 0x81C081C0;
+fma.rn.bf16x2 t, t, c, nz;
+fma.rn.bf16x2 $2, t, $5, nz;
+and.b32 t, u, 0x00F000F0;
+mul.lo.u32 t, t, 0x104;
+and.b32 t, t, 0x81C081C0;
+fma.rn.bf16x2 t, t, c, nz;
+fma.rn.bf16x2 $3, t, $5, nz;
 }
 """)
 
@@ -325,6 +322,26 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
 
 
 @triton.jit
+def _linear_epilogue(acc, bias_ptr, Betas, Gammas, out_alpha, offs_m, mask_m, offs_n, mask_n, with_bias,
+                     HAS_BIAS: tl.constexpr, HAS_BETAS: tl.constexpr, HAS_GAMMAS: tl.constexpr,
+                     HAS_ALPHA: tl.constexpr):
+    """acc + bias * betas (bias where `with_bias`), then * gammas, * out_alpha (module docstring order)."""
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n & with_bias, other=0.0).to(tl.float32)
+        if HAS_BETAS:
+            betas = tl.load(Betas + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+            acc += bias[None, :] * betas[:, None]
+        else:
+            acc += bias[None, :]
+    if HAS_GAMMAS:
+        gammas = tl.load(Gammas + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        acc *= gammas[:, None]
+    if HAS_ALPHA:
+        acc *= out_alpha
+    return acc
+
+
+@triton.jit
 def _matmul_ogs_kernel(
     Y, stride_y_b, stride_y_m, stride_y_n,
     X, stride_x_b, stride_x_m, stride_x_k,
@@ -343,7 +360,7 @@ def _matmul_ogs_kernel(
     DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
-    FINISH_SPLIT: tl.constexpr = False,
+    FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy) runs in two launches:
     SPLIT_K programs per tile (grid axis 2) each write the raw fp32 sum over their share of K into
@@ -359,6 +376,13 @@ def _matmul_ogs_kernel(
             return
         expt = packed & 0xFFFF
         block = packed >> 16
+        if BLOCK_M > MAP_BLOCK_M:
+            # routing tabulates tiles of MAP_BLOCK_M rows; a BLOCK_M tile is RATIO of them, so only
+            # the program holding the first of each run works (the others leave at once)
+            RATIO: tl.constexpr = BLOCK_M // MAP_BLOCK_M
+            if block % RATIO != 0:
+                return
+            block = block // RATIO
         row_start = tl.load(TokenOffs + expt)
         row_end = tl.load(TokenOffs + expt + 1)
         offs_m = row_start + block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -415,21 +439,17 @@ def _matmul_ogs_kernel(
                             offs_n_safe, mask_n, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
                             BLOCK_M, BLOCK_N, BLOCK_K)
         if SPLIT_K > 1:
+            if LINEAR_SPLITS:
+                # the consumer adds the splits (the top-k reduce); the epilogue is linear, so every
+                # split applies it to its own share, the bias counted once (split 0)
+                acc = _linear_epilogue(acc, Bias + expt * stride_bias_e, Betas, Gammas, out_alpha, offs_m, mask_m,
+                                       offs_n, mask_n, tl.program_id(2) == 0, HAS_BIAS, HAS_BETAS, HAS_GAMMAS,
+                                       HAS_ALPHA)
             tl.store(p_ptrs + tl.program_id(2) * stride_p_s, acc, mask=mask_m[:, None] & mask_n[None, :])
             return
 
-    if HAS_BIAS:
-        bias = tl.load(Bias + expt * stride_bias_e + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        if HAS_BETAS:
-            betas = tl.load(Betas + offs_m, mask=mask_m, other=0.0).to(tl.float32)
-            acc += bias[None, :] * betas[:, None]
-        else:
-            acc += bias[None, :]
-    if HAS_GAMMAS:
-        gammas = tl.load(Gammas + offs_m, mask=mask_m, other=0.0).to(tl.float32)
-        acc *= gammas[:, None]
-    if HAS_ALPHA:
-        acc *= out_alpha
+    acc = _linear_epilogue(acc, Bias + expt * stride_bias_e, Betas, Gammas, out_alpha, offs_m, mask_m, offs_n, mask_n,
+                           True, HAS_BIAS, HAS_BETAS, HAS_GAMMAS, HAS_ALPHA)
     if N_ACT_ARGS == 0:
         out = ACT_FN(acc)
     elif N_ACT_ARGS == 1:
@@ -458,10 +478,12 @@ def identity_fn(x):
 def _topk_reduce_kernel(
     Y, stride_y_m, stride_y_n,
     Inter, stride_i_m, stride_i_n,
-    SlotToRow, n_tokens, N,
+    SlotToRow, n_tokens, N, stride_i_s,
     N_EXPTS_ACT: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    N_SPLITS: tl.constexpr = 1,
 ):
-    """y[t] = sum over j < k of inter[slot_to_row[t*k + j]], skipping -1 (slot not computed here).
+    """y[t] = sum over j < k (and over the N_SPLITS K-split partials, stride_i_s apart) of
+    inter[slot_to_row[t*k + j]], skipping -1 (slot not computed here).
 
     Each output element is summed in a fixed order by one program: deterministic, unlike atomics.
     """
@@ -474,8 +496,9 @@ def _topk_reduce_kernel(
         row = tl.load(SlotToRow + offs_t.to(tl.int64) * N_EXPTS_ACT + j, mask=mask_t, other=-1)
         valid = row >= 0
         row = tl.where(valid, row, 0).to(tl.int64)
-        v = tl.load(Inter + row[:, None] * stride_i_m + offs_n[None, :] * stride_i_n,
-                    mask=valid[:, None] & mask_n[None, :], other=0.0)
-        acc += v.to(tl.float32)
+        for split in tl.static_range(N_SPLITS):
+            v = tl.load(Inter + split * stride_i_s + row[:, None] * stride_i_m + offs_n[None, :] * stride_i_n,
+                        mask=valid[:, None] & mask_n[None, :], other=0.0)
+            acc += v.to(tl.float32)
     y_ptrs = Y + offs_t.to(tl.int64)[:, None] * stride_y_m + offs_n[None, :] * stride_y_n
     tl.store(y_ptrs, cast_out(acc, Y.dtype.element_ty, INTERPRETED), mask=mask_t[:, None] & mask_n[None, :])
