@@ -670,8 +670,9 @@ def test_split_k_matches_reference(device, swap_xw, decode, split_k, gather, sca
 def test_split_k_for_fills_the_gpu_and_keeps_steps():
     from triton_kernels.matmul_ogs_details.configs import split_k_for
 
-    assert split_k_for(180, 2880, 128, 132) == 4  # down at T = 1: 180 tiles -> 720 programs
-    assert split_k_for(360, 2880, 128, 132) == 2  # gate_up at T = 1
+    assert split_k_for(180, 2880, 128, 132) == 2  # down at T = 1: 180 tiles -> 360 programs
+    assert split_k_for(360, 2880, 128, 132) == 1  # gate_up at T = 1
+    assert split_k_for(20, 2880, 128, 132) == 4  # stops where a split would get fewer than 4 steps
     assert split_k_for(6000, 2880, 128, 132) == 1  # enough tiles already
     assert split_k_for(4, 256, 128, 132) == 1  # two steps: nothing to split
     assert split_k_for(4, 2880, 128, 0) == 1  # the interpreter

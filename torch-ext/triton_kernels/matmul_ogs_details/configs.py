@@ -79,7 +79,11 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
         if block_m <= 32:
             return MatmulConfig(block_m, 64, 128, 4, 4, 3, swap_xw=True, decode="ptx")
         if block_m <= 64:
-            return MatmulConfig(block_m, 128, 128, 8, 4, 3, swap_xw=True, decode="ptx")
+            return MatmulConfig(block_m, 64, 128, 8, 4, 3, swap_xw=True, decode="ptx")
+        # prefill: 256-row tiles (wgmma N = 256) halve the decode work per flop; 128 when an
+        # expert's rows would leave most of such a tile empty
+        if rows_per_group > 128:
+            return MatmulConfig(256, 128, 64, 8, 8, 3, swap_xw=True, decode="ptx")
         return MatmulConfig(128, 256, 64, 8, 8, 3, swap_xw=True, decode="ptx")
     if variant in ("hopper", "blackwell"):
         if block_m <= 16:
@@ -96,13 +100,15 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
 
 
 def split_k_for(n_tiles: int, k: int, block_k: int, num_sms: int) -> int:
-    """K split for an automatic config: double it while the launch has fewer than three tiles per SM
+    """K split for an automatic config: double it while the launch has fewer than two tiles per SM
     (each program's decode is a long dependent chain; more resident programs hide its latency)
-    and every split still gets at least four BLOCK_K steps. 1 in the interpreter (num_sms 0)."""
+    and every split still gets at least four BLOCK_K steps. 1 in the interpreter (num_sms 0).
+    H100, gpt-oss decode (NOTES_matmul_perf.md): down 180 tiles -> 2 splits (23.4 -> 17.3 us);
+    gate_up 360 tiles -> none (2 splits measured slower)."""
     if num_sms <= 0:
         return 1
     steps = -(-k // block_k)
     split = 1
-    while n_tiles * split < 3 * num_sms and steps // (2 * split) >= 4 and split < 8:
+    while n_tiles * split < 2 * num_sms and steps // (2 * split) >= 4 and split < 8:
         split *= 2
     return split
