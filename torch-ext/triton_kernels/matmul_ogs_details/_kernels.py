@@ -237,6 +237,14 @@ def _decode_words(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
+def _load_k_tail(ptrs, offs_k, k_bound, MASK_K: tl.constexpr):
+    """A [rows, len(offs_k)] tile; in the K tail step (MASK_K) columns at or past k_bound read 0."""
+    if MASK_K:
+        return tl.load(ptrs, mask=(offs_k < k_bound)[None, :], other=0)
+    return tl.load(ptrs)
+
+
+@triton.jit
 def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base, stride_w_kg, stride_w_ki,
                   stride_ws_kg, stride_ws_ki, K, MASK_K: tl.constexpr, W_MX: tl.constexpr, W_KG: tl.constexpr,
                   WS_KG: tl.constexpr, DECODE: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
@@ -252,34 +260,22 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base
     if W_MX:
         offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
         s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
-        if MASK_K:
-            s = tl.load(s_base + s_off[None, :], mask=(offs_ks < K // 32)[None, :], other=0)
-        else:
-            s = tl.load(s_base + s_off[None, :])
+        s = _load_k_tail(s_base + s_off[None, :], offs_ks, K // 32, MASK_K)
         if DECODE == DECODE_BYTES:
             offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
             w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
-            if MASK_K:
-                packed = tl.load(w_base + w_off[None, :], mask=(offs_kp < K // 2)[None, :], other=0)
-            else:
-                packed = tl.load(w_base + w_off[None, :])
+            packed = _load_k_tail(w_base + w_off[None, :], offs_kp, K // 2, MASK_K)
             packed = packed.to(tl.int32)
             w = tl.join(_e2m1_bits(packed & 15), _e2m1_bits(packed >> 4))  # [BLOCK_N, BLOCK_K/2, 2]: K order
             w = tl.reshape(w, (BLOCK_N, BLOCK_K // 32, 32)) * _e8m0(s.to(tl.int32))[:, :, None]
             w = tl.reshape(w, (BLOCK_N, BLOCK_K)).to(dot_dtype)
         else:
             offs_kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-            if MASK_K:
-                words = tl.load(w32_base + offs_kw[None, :], mask=(offs_kw < K // 8)[None, :], other=0)
-            else:
-                words = tl.load(w32_base + offs_kw[None, :])
+            words = _load_k_tail(w32_base + offs_kw[None, :], offs_kw, K // 8, MASK_K)
             w = _decode_words(words, s, dot_dtype, DECODE, BLOCK_N, BLOCK_K)
     else:
         w_off = _k_offsets(offs_k, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
-        if MASK_K:
-            w = tl.load(w_base + w_off[None, :], mask=(offs_k < K)[None, :], other=0.0)
-        else:
-            w = tl.load(w_base + w_off[None, :])
+        w = _load_k_tail(w_base + w_off[None, :], offs_k, K, MASK_K)
         w = w.to(dot_dtype)
     return tl.dot(w, xt.to(dot_dtype), acc)
 
