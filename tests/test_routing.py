@@ -359,10 +359,13 @@ def test_routing_simulated_ep_mirrors_transformers_dist(monkeypatch):
 
 
 @pytest.mark.parametrize("n_expts,n_gates,dtype", [(8, 100000, torch.int32), (40, 500, torch.float32),
-                                                   (5, 0, torch.int64), (300, 1000, torch.int32)])
+                                                   (5, 0, torch.int64), (300, 1000, torch.int32),
+                                                   (16, 50, torch.int32)])  # hist sums past n_gates
 def test_compute_expt_data_matches_torch(n_expts, n_gates, dtype, device, poisoned_workspace):
     g = torch.Generator().manual_seed(n_expts)
-    if n_gates:
+    if n_gates == 50:  # more rows than the maps are sized for: they hold the first tiles, no overflow
+        hist = torch.randint(0, 90, (n_expts,), generator=g)
+    elif n_gates:
         hist = torch.bincount(torch.randint(0, n_expts, (n_gates,), generator=g) ** 2 % n_expts, minlength=n_expts)
     else:
         hist = torch.zeros(n_expts, dtype=torch.int64)

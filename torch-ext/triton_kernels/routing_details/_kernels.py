@@ -66,10 +66,12 @@ def _rank_tile(sel, out_col, slot_ok, counts, in_t, base, dead_base,
 
 
 @triton.jit
-def _fill_map(map_ptr, starts, tiles, cols, i, n_local):
-    """Tiles i ([IB]) of every expert ([E_PAD] starts / tile counts): (i << 16) | e at starts[e] + i."""
-    ok = (cols[:, None] < n_local) & (i[None, :] < tiles[:, None])
-    tl.store(map_ptr + starts[:, None] + i[None, :], (i[None, :] << 16) | cols[:, None], mask=ok)
+def _fill_map(map_ptr, starts, tiles, cols, i, n_local, n_map):
+    """Tiles i ([IB]) of every expert ([E_PAD] starts / tile counts): (i << 16) | e at starts[e] + i,
+    within the map's n_map entries (compute_expt_data takes any hist, whose tiles may not fit)."""
+    at = starts[:, None] + i[None, :]
+    ok = (cols[:, None] < n_local) & (i[None, :] < tiles[:, None]) & (at < n_map)
+    tl.store(map_ptr + at, (i[None, :] << 16) | cols[:, None], mask=ok)
 
 
 @triton.jit
@@ -106,17 +108,17 @@ def _write_expt_data(hist, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16_p
         tl.store(pad_ptr + stride + n_local, u32)
         tl.store(pad_ptr + 2 * stride + n_local, u64)
         tl.store(pad_ptr + 3 * stride + n_local, u128)
-    ib = tl.arange(0, TILE_BLOCK)
-    for i0 in range(pid * TILE_BLOCK, tl.max(t16, axis=0), n_prog * TILE_BLOCK):
-        i = i0 + ib
-        _fill_map(map16_ptr, s16, t16, cols, i, n_local)
-        _fill_map(map32_ptr, s32, t32, cols, i, n_local)
-        _fill_map(map64_ptr, s64, t64, cols, i, n_local)
-        _fill_map(map128_ptr, s128, t128, cols, i, n_local)
     n16 = _max_tiles(n_gates, n_local, 16)  # the longest map; the others are masked to their length
     n32 = _max_tiles(n_gates, n_local, 32)
     n64 = _max_tiles(n_gates, n_local, 64)
     n128 = _max_tiles(n_gates, n_local, 128)
+    ib = tl.arange(0, TILE_BLOCK)
+    for i0 in range(pid * TILE_BLOCK, tl.max(t16, axis=0), n_prog * TILE_BLOCK):
+        i = i0 + ib
+        _fill_map(map16_ptr, s16, t16, cols, i, n_local, n16)
+        _fill_map(map32_ptr, s32, t32, cols, i, n_local, n32)
+        _fill_map(map64_ptr, s64, t64, cols, i, n_local, n64)
+        _fill_map(map128_ptr, s128, t128, cols, i, n_local, n128)
     per_prog = tl.cdiv(n16, n_prog)
     lanes = tl.arange(0, 4 * TILE_BLOCK)
     for c in range(0, per_prog, 4 * TILE_BLOCK):
