@@ -28,7 +28,8 @@ experts, so the local slots come first; slots of other experts keep their positi
 A user `expt_indx` [T, k] (any integer dtype) replaces the top-k choice: slot j of a row is the
 row's j-th given index, in the given order, and the logits give the weights at those indices.
 
-Integer outputs are int32. Two implementations: `routing` (Triton, two launches, no host
+Integer outputs are int32. Two implementations: `routing` (Triton, one launch for small T and two
+above, no host
 synchronisation, capturable in a CUDA graph; torch reference where Triton cannot run) and
 `routing_torch` (pure torch, the reference).
 """

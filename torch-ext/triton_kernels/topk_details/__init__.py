@@ -11,9 +11,9 @@ One kernel, `_topk_kernel`, reads a [T, E] logits tile per program and, per row:
 3. decodes the picked logits from the keys, applies the softmax in float64 (over the k picks,
    or over the whole row for `sm_first`), and ranks the picks by expert id so every row's k
    choices come out sorted by expert;
-4. optionally writes the row's bitmatrix words (bit e of the row is set when expert e is picked),
-   and, for routing, accumulates a per-program histogram of the picks over experts plus the
-   number of slots that route nowhere (padding rows, out-of-range user indices).
+4. optionally writes the row's bitmatrix words (bit e of the row is set when expert e is picked).
+
+The per-tile work is `select_tile`, which routing's kernels reuse (they add ranks and counts).
 
 With user indices (`expt_indx` / `y_indx`) step 2 is replaced by a load of the given indices;
 they keep their order within the row and anything outside [0, E) routes nowhere.
