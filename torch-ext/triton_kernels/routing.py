@@ -29,9 +29,8 @@ A user `expt_indx` [T, k] (any integer dtype) replaces the top-k choice: slot j 
 row's j-th given index, in the given order, and the logits give the weights at those indices.
 
 Integer outputs are int32. Two implementations: `routing` (Triton, one launch for small T and two
-above, no host
-synchronisation, capturable in a CUDA graph; torch reference where Triton cannot run) and
-`routing_torch` (pure torch, the reference).
+above, no host synchronisation, capturable in a CUDA graph; torch reference where Triton cannot
+run) and `routing_torch` (pure torch, the reference).
 """
 
 from __future__ import annotations
