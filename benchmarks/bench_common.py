@@ -9,7 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def commit() -> str:
-    """The checkout's short commit; on the GPU machine (a copy without .git) the COMMIT variable."""
+    """The COMMIT variable when set (the GPU machine's copy of the tree may carry a stale .git), else
+    the checkout's short commit."""
+    if os.environ.get("COMMIT"):
+        return os.environ["COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
