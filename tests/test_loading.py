@@ -26,6 +26,11 @@ from scripts import publish
 from scripts.build_variants import REPO_ROOT
 from scripts.offline import offline_env
 
+# What a machine without a GPU loads (the torch-cpu build, the CPU backend): on a GPU machine the
+# loader rightly picks torch-cuda, so these assertions hold on CPU machines (CI) only.
+cpu_machine_only = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the build a machine without a GPU "
+                                      "loads; a GPU machine loads torch-cuda")
+
 REPO_IDS = ("kernels-community/triton_kernels", "kernels-community/gpt-oss-triton-kernels")
 
 # Runs the op through a loaded module and compares it with the formula, computed here.
@@ -81,6 +86,7 @@ def repo(built, tmp_path) -> Path:
 # --------------------------------------------------------------------------- local paths (in process)
 
 
+@cpu_machine_only
 def test_get_local_kernel_picks_torch_cpu_and_runs_the_op(repo):
     tk = get_local_kernel(repo)
     assert_ran_on_cpu_variant(check_op(tk))
@@ -91,6 +97,7 @@ def test_get_local_kernel_picks_torch_cpu_and_runs_the_op(repo):
     assert set(tk.__all__) >= {"swiglu", "matmul_ogs", "routing", "tensor", "numerics", "topk", "target_info"}
 
 
+@cpu_machine_only
 def test_local_kernels_override_with_get_kernel(repo, monkeypatch):
     monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_IDS[1]}={repo}")
     tk = get_kernel(REPO_IDS[1], version=1)
@@ -98,12 +105,14 @@ def test_local_kernels_override_with_get_kernel(repo, monkeypatch):
     assert Path(tk.__file__).parent == repo / "build" / "torch-cpu"
 
 
+@cpu_machine_only
 def test_tree_without_torch_cpu_falls_back_to_universal(repo):
     shutil.rmtree(repo / "build" / "torch-cpu")
     tk = get_local_kernel(repo)
     assert_ran_on_cpu_variant(check_op(tk), "torch-universal")
 
 
+@cpu_machine_only
 def test_tree_without_a_variant_for_this_machine_is_refused_clearly(repo):
     shutil.rmtree(repo / "build" / "torch-cpu")
     shutil.rmtree(repo / "build" / "torch-universal")
@@ -152,6 +161,7 @@ report(**res)
 # --------------------------------------------------------------------------- by repo id, offline cache
 
 
+@cpu_machine_only
 def test_offline_get_kernel_by_repo_id_version_1_and_main(built, tmp_path):
     cache = tmp_path / "hub"
     for repo_id in REPO_IDS:
@@ -179,6 +189,7 @@ report(**out)
     assert f"Skipping publisher trust check for '{REPO_IDS[0]}'" in stderr
 
 
+@cpu_machine_only
 def test_offline_bad_use_gets_clear_errors(built, tmp_path):
     cache = tmp_path / "hub"
     publish.seed_cache(publish.collect_release(REPO_IDS[0], built), REPO_IDS[0], cache_dir=cache)
@@ -207,6 +218,7 @@ report(**out)
     assert "HFValidationError" in res["malformed_repo"] and "namespace/repo_name" in res["malformed_repo"]
 
 
+@cpu_machine_only
 def test_offline_corrupt_caches(built, tmp_path):
     """What kernels 0.17.2 does with a damaged cache. It refuses missing files, dangling refs and broken
     metadata; it does NOT check digests when it loads, so a modified file loads - which is why
@@ -299,6 +311,7 @@ def test_untrusted_publisher_is_refused_unless_trust_remote_code(built, tmp_path
                       FAKE_HUB_SNAPSHOTS=json.dumps(snapshots))
     code = FAKE_HUB + f"""
 from kernels import get_kernel, get_loaded_kernels
+
 out = {{}}
 def attempt(name, repo_id, **kw):
     try:
