@@ -141,6 +141,18 @@ def _place(ws_ptr, expt, rank, w, slot, live, base, dead_base, gate, scal, n_loc
     tl.store(ws_ptr + scal + pos, w.to(tl.int32, bitcast=True), mask=live)
 
 
+@triton.jit
+def _store_slots(ws_ptr, expt_o, rank_o, w_o, rows, out_col, in_t, slot_ok, sel, rank, w,
+                 K: tl.constexpr, K_PAD: tl.constexpr):
+    """A row tile's slot arrays (slot = row*K + its output column): expert (-1 where the slot routes
+    nowhere), rank within the expert, and the gate weight's bits."""
+    slot = rows[:, None] * K + out_col
+    live = in_t[:, None] & (tl.arange(0, K_PAD)[None, :] < K)
+    tl.store(ws_ptr + expt_o + slot, tl.where(slot_ok, sel, -1), mask=live)
+    tl.store(ws_ptr + rank_o + slot, rank, mask=live)
+    tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
+
+
 @triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val"])
 def routing_fused_kernel(
     x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, ws_ptr, n_rows_ptr,
@@ -187,11 +199,7 @@ def routing_fused_kernel(
                 K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
             rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
                                                       K, K_PAD, USER_INDX)
-            slot = rows[:, None] * K + out_col
-            live = in_t[:, None] & (kk[None, :] < K)
-            tl.store(ws_ptr + expt_o + slot, tl.where(slot_ok, sel, -1), mask=live)
-            tl.store(ws_ptr + rank_o + slot, rank, mask=live)
-            tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
+            _store_slots(ws_ptr, expt_o, rank_o, w_o, rows, out_col, in_t, slot_ok, sel, rank, w, K, K_PAD)
             totals += tile_counts
             n_dead += tile_dead
         tl.debug_barrier()  # the scratch written above is read back by other threads of this program
@@ -228,7 +236,6 @@ def routing_topk_kernel(
     n_slots = n_tokens * K
     _g, _s, _h, _r, _p, _m16, _m32, _m64, _m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, n_parts, E_PAD)
-    kk = tl.arange(0, K_PAD)
     if N_ROWS_FROM_PTR:
         n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
     else:
@@ -245,11 +252,7 @@ def routing_topk_kernel(
                                                       K, K_PAD, USER_INDX)
         else:
             rank, tile_counts, tile_dead = sel + out_col, tl.sum(counts, axis=0), 0
-        slot = rows[:, None] * K + out_col
-        live = in_t[:, None] & (kk[None, :] < K)
-        tl.store(ws_ptr + expt_o + slot, tl.where(slot_ok, sel, -1), mask=live)
-        tl.store(ws_ptr + rank_o + slot, rank, mask=live)
-        tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
+        _store_slots(ws_ptr, expt_o, rank_o, w_o, rows, out_col, in_t, slot_ok, sel, rank, w, K, K_PAD)
         totals += tile_counts
         n_dead += tile_dead
     tl.store(ws_ptr + part_o + pid * E_PAD + tl.arange(0, E_PAD), totals)
