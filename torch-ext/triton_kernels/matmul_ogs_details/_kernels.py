@@ -195,6 +195,13 @@ def _e2m1_word_f32(words, NIBBLE: tl.constexpr):
 
 
 @triton.jit
+def _word_value(words, NIBBLE: tl.constexpr, scale, out_dtype):
+    """Nibble NIBBLE of each word, decoded and scaled, in out_dtype. The 2^126 is its own multiply:
+    folded into the scale it would be 2^(s-1), which overflows float32 for s > 128."""
+    return ((_e2m1_word_f32(words, NIBBLE) * _TWO_POW_126) * scale).to(out_dtype)
+
+
+@triton.jit
 def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
     """[..., 8] holding v0..v7 in order (nested joins put the innermost join's bit first)."""
     return tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
@@ -224,15 +231,11 @@ def _decode_words(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
                    _bf16_half(p0, True), _bf16_half(p1, True), _bf16_half(p2, True), _bf16_half(p3, True))
     else:
         u = words.to(tl.uint32, bitcast=True)
-        scale_lo = _e8m0(s.to(tl.int32))[:, :, None]  # not folded with 2^126: 2^(s-1) overflows for s > 128
-        w = _join8(((_e2m1_word_f32(u, 0) * _TWO_POW_126) * scale_lo).to(out_dtype),
-                   ((_e2m1_word_f32(u, 1) * _TWO_POW_126) * scale_lo).to(out_dtype),
-                   ((_e2m1_word_f32(u, 2) * _TWO_POW_126) * scale_lo).to(out_dtype),
-                   ((_e2m1_word_f32(u, 3) * _TWO_POW_126) * scale_lo).to(out_dtype),
-                   ((_e2m1_word_f32(u, 4) * _TWO_POW_126) * scale_lo).to(out_dtype),
-                   ((_e2m1_word_f32(u, 5) * _TWO_POW_126) * scale_lo).to(out_dtype),
-                   ((_e2m1_word_f32(u, 6) * _TWO_POW_126) * scale_lo).to(out_dtype),
-                   ((_e2m1_word_f32(u, 7) * _TWO_POW_126) * scale_lo).to(out_dtype))
+        scale = _e8m0(s.to(tl.int32))[:, :, None]
+        w = _join8(_word_value(u, 0, scale, out_dtype), _word_value(u, 1, scale, out_dtype),
+                   _word_value(u, 2, scale, out_dtype), _word_value(u, 3, scale, out_dtype),
+                   _word_value(u, 4, scale, out_dtype), _word_value(u, 5, scale, out_dtype),
+                   _word_value(u, 6, scale, out_dtype), _word_value(u, 7, scale, out_dtype))
     return tl.reshape(w, (BLOCK_N, BLOCK_K))
 
 
@@ -290,8 +293,9 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     """acc [BLOCK_M, BLOCK_N] over k in [k_start, K), computed transposed:
     acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
 
-    The upcast weight is the dot's left operand (on Hopper wgmma takes it from registers, so the
-    decoded tile never goes through shared memory) and N becomes the MMA's M dimension, which
+    The upcast weight is the dot's left operand (on Hopper wgmma takes it from registers; Triton
+    still moves the decoded tile through shared memory once to reach wgmma's register layout, see
+    benchmarks/NOTES_matmul_perf.md) and N becomes the MMA's M dimension, which
     lets a tile with few rows (decode) still fill a 64-wide wgmma. The weight tile is read as
     [BLOCK_N, BLOCK_K/2] bytes (K contiguous) or, with DECODE_WORDS / DECODE_PTX, as
     [BLOCK_N, BLOCK_K/8] 32-bit words (the host checks the layout allows it); nibbles come out in
@@ -358,10 +362,11 @@ def _matmul_ogs_kernel(
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
 ):
-    """One output tile. Split K (decode: too few tiles to keep every SM busy) runs in two launches:
-    SPLIT_K programs per tile (grid axis 2) each write the raw fp32 sum over their share of K into
-    Partial[split]; then FINISH_SPLIT programs add the SPLIT_K partials in a fixed order
-    (deterministic) and run the epilogue."""
+    """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
+    tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
+    FINISH_SPLIT programs add the SPLIT_K partials in a fixed order (deterministic) and run the
+    epilogue. With LINEAR_SPLITS (linear epilogue under a scatter) each split applies the epilogue
+    itself and the top-k reduce adds the partials instead (no finishing launch)."""
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
     pid_b = tl.program_id(1).to(tl.int64)

@@ -30,7 +30,8 @@ class MatmulConfig:
     # ("ptx" -> "words" -> "bytes") where the operands or the backend do not allow it.
     decode: str = "bytes"
     # K split over this many programs per output tile (decode: too few tiles to fill the GPU); the
-    # fp32 partial sums are added in a fixed order by a second launch that runs the epilogue.
+    # fp32 partial sums are added in a fixed order by a second launch that runs the epilogue (or,
+    # for a linear epilogue under a scatter, by the top-k reduce).
     # choose_config leaves 1; the launch picks a split for automatic configs (split_k_for).
     split_k: int = 1
 
