@@ -172,8 +172,7 @@ def sweep(dtype, reps: int) -> list[dict]:
     cases = {}
     for n_tokens, n_expts in ((64, 32), (64, 128), (256, 128), (4096, 128), (16384, 128), (16384, 32)):
         auto = orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
-        v = [("auto", auto), ("auto skip maps", R(auto, skip=1)),
-             ("auto skip ranks", R(auto, skip=2)), ("auto skip both", R(auto, skip=3))]
+        v = [("auto", auto)]
         if n_tokens <= 256:
             f = orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)
             for bt, nw in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8)):

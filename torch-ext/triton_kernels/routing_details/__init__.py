@@ -99,7 +99,6 @@ class RoutingPlan:
     sizes: tuple[int, ...]
     total: int
     place_warps: int = 4
-    skip: int = 0  # timing experiments only: leave out the maps (1) / the ranks (2); results are wrong
 
 
 @functools.lru_cache(maxsize=256)
@@ -183,16 +182,16 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
             _aligned(expt_indx), n_rows.dtype if from_ptr else None, _aligned(n_rows_ptr))
     if plan.fused:
         consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.slot_block, plan.tile_block, sm_first, user,
-                  from_ptr, plan.block_t >= n_tokens, plan.skip)
+                  from_ptr, plan.block_t >= n_tokens)
         _launch(routing_fused_kernel, 1, ("fused", consts, plan.num_warps) + spec,
                 (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val),
                 consts, plan.num_warps, dev)
     else:
-        consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr, plan.skip)
+        consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr)
         _launch(routing_topk_kernel, plan.n_parts, ("topk", consts, plan.num_warps) + spec,
                 (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
                  plan.n_iter), consts, plan.num_warps, dev)
-        consts = (plan.e_pad, plan.part_rows, plan.slot_block, plan.tile_block, plan.skip)
+        consts = (plan.e_pad, plan.part_rows, plan.slot_block, plan.tile_block)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.slots_per_part, n_tokens * k, n_local), consts, plan.place_warps, dev)
     (topk_indx, gate_indx, gate_scal, hist, raw, p16, p32, p64, p128, m16, m32, m64, m128,

@@ -131,14 +131,24 @@ def _write_expt_data(hist, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16_p
 
 
 @triton.jit
-def _place(ws_ptr, expt, rank, w, slot, live, base, dead_base, gate, scal, n_local):
-    """Store a block of slots at their sorted positions. expt -1: routes nowhere."""
-    routed = expt >= 0
-    pos = tl.where(routed, tl.gather(base, tl.where(routed, expt, 0), 0) + rank, dead_base + rank)
-    is_local = routed & (expt < n_local)
+def _store_placed(ws_ptr, pos, slot, is_local, w, live, gate, scal):
+    """Slots at their sorted positions: topk_indx[pos] = slot, gate_indx[slot] = pos (-1 for slots of
+    other ranks' experts), gate_scal[pos] = the weight."""
     tl.store(ws_ptr + pos, tl.where(is_local, slot, -1), mask=live)
     tl.store(ws_ptr + gate + slot, tl.where(is_local, pos, -1), mask=live)
     tl.store(ws_ptr + scal + pos, w.to(tl.int32, bitcast=True), mask=live)
+
+
+@triton.jit
+def _place(ws_ptr, expt_o, rank_o, w_o, slot, live, base, dead_base, gate, scal, n_local):
+    """Read a block of slots' expert, rank and weight back from the scratch and store them at their
+    sorted positions. expt -1: routes nowhere (placed after every routed slot)."""
+    expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
+    rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
+    w = tl.load(ws_ptr + w_o + slot, mask=live, other=0).to(tl.float32, bitcast=True)
+    routed = expt >= 0
+    pos = tl.where(routed, tl.gather(base, tl.where(routed, expt, 0), 0) + rank, dead_base + rank)
+    _store_placed(ws_ptr, pos, slot, routed & (expt < n_local), w, live, gate, scal)
 
 
 @triton.jit
@@ -160,13 +170,11 @@ def routing_fused_kernel(
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
     SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
     SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr, ONE_TILE: tl.constexpr,
-    SKIP: tl.constexpr = 0,  # timing experiments only (1: leave out the maps, 2: the ranks)
 ):
     """Everything in one program (small T): top-k, ranks, placement, ExptData."""
     n_slots = n_tokens * K
     gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, 1, E_PAD)
-    kk = tl.arange(0, K_PAD)
     if N_ROWS_FROM_PTR:
         n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
     else:
@@ -178,17 +186,10 @@ def routing_fused_kernel(
             K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
         totals = tl.sum(counts, axis=0)
         n_routed = tl.sum(totals, axis=0)
-        if SKIP & 2 == 0:
-            pos, _t, _d = _rank_tile(sel, out_col, slot_ok, counts, in_t, tl.cumsum(totals, axis=0) - totals,
-                                     n_routed, K, K_PAD, USER_INDX)
-        else:
-            pos = sel + out_col
-        slot = rows[:, None] * K + out_col
-        live = in_t[:, None] & (kk[None, :] < K)
-        is_local = slot_ok & (sel < n_local)
-        tl.store(ws_ptr + pos, tl.where(is_local, slot, -1), mask=live)
-        tl.store(ws_ptr + gate + slot, tl.where(is_local, pos, -1), mask=live)
-        tl.store(ws_ptr + scal + pos, w.to(tl.int32, bitcast=True), mask=live)
+        pos, _t, _d = _rank_tile(sel, out_col, slot_ok, counts, in_t, tl.cumsum(totals, axis=0) - totals,
+                                 n_routed, K, K_PAD, USER_INDX)
+        _store_placed(ws_ptr, pos, rows[:, None] * K + out_col, slot_ok & (sel < n_local), w,
+                      in_t[:, None] & (tl.arange(0, K_PAD)[None, :] < K), gate, scal)
     else:  # several tiles: ranks to scratch, then a placement pass over all slots
         totals = tl.zeros([E_PAD], dtype=tl.int32)
         n_dead = n_tokens * 0
@@ -208,17 +209,11 @@ def routing_fused_kernel(
         lanes = tl.arange(0, SLOT_BLOCK)
         for c0 in range(0, n_slots, SLOT_BLOCK):
             slot = c0 + lanes
-            live = slot < n_slots
-            expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
-            rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
-            wv = tl.load(ws_ptr + w_o + slot, mask=live, other=0)
-            _place(ws_ptr, expt, rank, wv.to(tl.float32, bitcast=True), slot, live, base, n_routed,
-                   gate, scal, n_local)
+            _place(ws_ptr, expt_o, rank_o, w_o, slot, slot < n_slots, base, n_routed, gate, scal, n_local)
     cols = tl.arange(0, E_PAD)
-    if SKIP & 1 == 0:
-        _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
-                         ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1,
-                         E_PAD, TILE_BLOCK)
+    _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
+                     ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1,
+                     E_PAD, TILE_BLOCK)
 
 
 @triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val", "n_iter"])
@@ -227,7 +222,6 @@ def routing_topk_kernel(
     n_tokens, n_expts, n_local, n_rows_val, n_iter,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
     SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr,
-    SKIP: tl.constexpr = 0,  # timing experiments only (2: ranks)
 ):
     """Launch 1 of 2: program p takes n_iter row tiles; per slot it writes the expert (-1: nowhere),
     the weight and the rank within the program; then its counts row and dead-slot count."""
@@ -247,11 +241,8 @@ def routing_topk_kernel(
         sel, out_col, w, slot_ok, counts, in_t = select_tile(
             x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
             K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
-        if SKIP & 2 == 0:
-            rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
-                                                      K, K_PAD, USER_INDX)
-        else:
-            rank, tile_counts, tile_dead = sel + out_col, tl.sum(counts, axis=0), 0
+        rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
+                                                  K, K_PAD, USER_INDX)
         _store_slots(ws_ptr, expt_o, rank_o, w_o, rows, out_col, in_t, slot_ok, sel, rank, w, K, K_PAD)
         totals += tile_counts
         n_dead += tile_dead
@@ -263,7 +254,6 @@ def routing_topk_kernel(
 def routing_place_kernel(
     ws_ptr, n_parts, slots_per_part, n_slots, n_local,
     E_PAD: tl.constexpr, PART_ROWS: tl.constexpr, SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
-    SKIP: tl.constexpr = 0,  # timing experiments only (1: leave out the maps)
 ):
     """Launch 2 of 2: totals and per-program prefixes from the counts rows, every slot to its
     sorted position (no sort: the ranks are known), then ExptData shared by all programs."""
@@ -289,15 +279,10 @@ def routing_place_kernel(
         for c0 in range(0, slots_per_part, SLOT_BLOCK):
             slot = slot0 + c0 + lanes
             live = (c0 + lanes < slots_per_part) & (slot < n_slots)
-            expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
-            rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
-            wv = tl.load(ws_ptr + w_o + slot, mask=live, other=0)
-            _place(ws_ptr, expt, rank, wv.to(tl.float32, bitcast=True), slot, live, base,
-                   n_routed + dead_before, gate, scal, n_local)
-    if SKIP & 1 == 0:
-        _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
-                         ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
-                         tl.num_programs(0), E_PAD, TILE_BLOCK)
+            _place(ws_ptr, expt_o, rank_o, w_o, slot, live, base, n_routed + dead_before, gate, scal, n_local)
+    _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
+                     ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
+                     tl.num_programs(0), E_PAD, TILE_BLOCK)
 
 
 @triton.jit(do_not_specialize=["n_local", "n_gates", "raw_off", "pad_off", "map_off16", "map_off32",
