@@ -5,7 +5,8 @@
 For each shape (E experts, T tokens, top-4, default weight layouts) and each matmul (gate_up:
 gathered + SwiGLU; down: scattered + gammas) it runs every candidate MatmulConfig once on a
 NaN-poisoned output, checks that every element was written and that the result matches the
-original unswapped main loop's output (checked against float64 by the tests) to 1e-2, and
+unswapped byte-decoder main loop's output on the same weights in raw strided form (checked
+against float64 by the tests) to 1e-2, and
 only then times it (CUDA-graph replays for T <= 64, do_bench medians otherwise). It also records
 each compiled kernel's registers, spills, shared memory and whether its PTX uses wgmma.
 Prints a table of the best configs per shape last; writes every number as JSON.
@@ -14,7 +15,6 @@ Prints a table of the best configs per shape last; writes every number as JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -36,28 +36,22 @@ from triton_kernels.matmul_ogs_details.configs import choose_config  # noqa: E40
 C = MatmulConfig
 
 
-def _with_decoders(configs, decoders=("ptx", "words")):
-    """Each config with each decoder (the first config also keeps its byte decoder, for comparison)."""
-    out = [configs[0]]
-    for cfg in configs:
-        out += [dataclasses.replace(cfg, decode=d) for d in decoders]
-    return out
-
-
-DECODE = _with_decoders([C(16, 64, 128, 1, 4, 3, True), C(16, 64, 256, 1, 4, 3, True), C(16, 128, 128, 1, 4, 3, True),
-                         C(16, 64, 128, 1, 4, 4, True), C(16, 128, 256, 1, 8, 3, True), C(16, 64, 512, 1, 4, 3, True)],
-                        ("ptx",)) + [C(16, 64, 128, 1, 4, 3, True, "words")] + [
-    C(16, 64, 128, 1, 4, 4, True, "ptx", split) for split in (2, 3, 4, 6, 8)] + [
-    C(16, 64, 256, 1, 4, 3, True, "ptx", split) for split in (2, 4)] + [
-    C(16, 128, 128, 1, 4, 4, True, "ptx", split) for split in (4, 8)]
-PREFILL = [C(128, 64, 128, 8, 4, 3, True), C(128, 256, 64, 8, 8, 3, True, "ptx"), C(128, 256, 64, 8, 8, 4, True, "ptx"),
-           C(128, 128, 64, 8, 4, 4, True, "ptx"), C(128, 128, 64, 8, 4, 4, True, "bytes"),
-           C(128, 128, 64, 8, 4, 3, True, "ptx"),
-           C(256, 64, 64, 8, 4, 3, True, "ptx"), C(256, 128, 64, 8, 8, 3, True, "ptx"), C(256, 64, 128, 8, 4, 3, True, "ptx"),
-           C(256, 128, 64, 8, 8, 4, True, "ptx"), C(256, 64, 64, 8, 4, 4, True, "ptx")]
-MID = _with_decoders([C(64, 128, 128, 8, 4, 3, True), C(64, 64, 128, 8, 4, 3, True), C(64, 128, 128, 8, 4, 4, True),
-                      C(64, 128, 256, 8, 4, 3, True), C(64, 256, 64, 8, 8, 3, True)], ("ptx",)) + [
-    C(64, 128, 128, 8, 4, 3, True, "words")]
+# The default (Hopper) value layout is read by the nibble-quads decoder alone (MatmulConfig.decode
+# does not apply to it), so candidates differ in tiles, warps, stages and K splits.
+DECODE = [C(16, 64, 128, 1, 4, 4, True), C(16, 64, 128, 1, 4, 3, True), C(16, 64, 256, 1, 4, 3, True),
+          C(16, 64, 256, 1, 4, 4, True), C(16, 128, 128, 1, 4, 3, True), C(16, 128, 256, 1, 4, 3, True),
+          C(16, 128, 256, 1, 8, 3, True), C(16, 64, 512, 1, 4, 3, True)] + [
+    C(16, 64, 128, 1, 4, 4, True, "ptx", split) for split in (2, 3, 4)] + [
+    C(16, 64, 256, 1, 4, 3, True, "ptx", split) for split in (2, 3, 4)] + [
+    C(16, 128, 256, 1, 4, 3, True, "ptx", split) for split in (2, 4, 8)] + [
+    C(16, 128, 128, 1, 4, 4, True, "ptx", split) for split in (2, 4)]
+PREFILL = [C(128, 256, 64, 8, 8, 3, True), C(128, 128, 64, 8, 4, 4, True), C(128, 128, 128, 8, 4, 3, True),
+           C(128, 128, 128, 8, 8, 3, True), C(128, 256, 128, 8, 8, 3, True),
+           C(256, 128, 64, 8, 8, 3, True), C(256, 128, 128, 8, 8, 3, True), C(256, 64, 128, 8, 4, 3, True),
+           C(256, 128, 64, 8, 8, 4, True), C(256, 256, 64, 8, 8, 3, True)]
+MID = [C(64, 64, 128, 8, 4, 3, True), C(64, 128, 128, 8, 4, 3, True), C(64, 128, 256, 8, 4, 3, True),
+       C(64, 256, 64, 8, 8, 3, True), C(64, 128, 128, 8, 8, 3, True), C(64, 256, 128, 8, 8, 3, True),
+       C(64, 64, 256, 8, 4, 3, True)]
 
 
 def candidates(rows_per_expt):
@@ -123,19 +117,19 @@ def main():
         if n_expts not in layers:
             layers.clear()
             torch.cuda.empty_cache()
-            layers[n_expts] = Layer(n_expts, "default")
-        layer = layers[n_expts]
+            layers[n_expts] = (Layer(n_expts, "default"), Layer(n_expts, "raw"))  # same seed: same weights
+        layer, raw_layer = layers[n_expts]
         torch.manual_seed(n_tokens)
         x = torch.randn(n_tokens, HIDDEN, device="cuda").bfloat16()
         rd, gi, si = routing(torch.randn(n_tokens, n_expts, device="cuda"), TOPK)
         n_hit = int((rd.expt_hist > 0).sum().item())
         rows = n_tokens * TOPK
         rpe = rows / n_expts
-        # reference outputs from the original (unswapped) main loop, which the test suite checks vs float64
+        # reference outputs: the unswapped byte-decoder main loop on the raw weights (checked vs float64 by the tests)
         bm = 16 if rpe <= 16 else 64 if rpe <= 64 else 128
         ref_cfg = {16: C(16, 64, 256, 1, 4, 4), 64: C(64, 128, 128, 8, 4, 3), 128: C(128, 128, 128, 8, 8, 3)}[bm]
-        h_ref = layer.gate_up(x, rd, gi, config=ref_cfg)
-        out_ref = layer.down(h_ref, rd, si, config=ref_cfg)
+        h_ref = raw_layer.gate_up(x, rd, gi, config=ref_cfg)
+        out_ref = raw_layer.down(h_ref, rd, si, config=ref_cfg)
         h = torch.empty_like(h_ref)
         out = torch.empty_like(out_ref)
         for name, k, n in (("gate_up", HIDDEN, 2 * INTER), ("down", INTER, HIDDEN)):

@@ -390,15 +390,35 @@ def _decoder(cfg: MatmulConfig, p: _Problem) -> int:
     if not cfg.swap_xw or p.ws is None:
         return 0
     a = p.w.addressing
+    if a.nibble_quads:  # the storage has one decoder; inline PTX where the backend and x allow it
+        return 3 + _ptx_ok(p)
     words = (a.k_group == 1 and a.stride_k_group == 1 and a.stride_n % 4 == 0 and a.stride_e % 4 == 0
              and p.w.data.data_ptr() % 4 == 0)
     if not words:
         return 0
     want = DECODERS.index(cfg.decode)
+    return 1 if want == 2 and not _ptx_ok(p) else want
+
+
+def _ptx_ok(p: _Problem) -> bool:
+    """Whether the inline-PTX decoders can run: CUDA (sm_80+, not the interpreter) and bf16 x."""
     target = target_info.get_target()
-    ptx_ok = (not target.interpreter and target.capability is not None and target.capability >= (8, 0)
-              and p.x.dtype == torch.bfloat16)
-    return 1 if want == 2 and not ptx_ok else want
+    return (not target.interpreter and target.capability is not None and target.capability >= (8, 0)
+            and p.x.dtype == torch.bfloat16)
+
+
+def _fit_config(cfg: MatmulConfig, p: _Problem, user_config: bool) -> MatmulConfig:
+    """Nibble-quads weights (HopperMXValueLayout) are read only by the swapped main loop, in K steps
+    of whole 64-value blocks: a config without swap_xw is run swapped (same result); a user config
+    with another block_k is an error."""
+    if p.ws is None or not p.w.addressing.nibble_quads:
+        return cfg
+    if cfg.block_k % 64:
+        if user_config:
+            raise ValueError(f"matmul_ogs: `config.block_k` must be a multiple of 64 for weights in "
+                             f"HopperMXValueLayout (64-value nibble blocks), got {cfg.block_k}")
+        cfg = dataclasses.replace(cfg, block_k=64)
+    return cfg if cfg.swap_xw else dataclasses.replace(cfg, swap_xw=True)
 
 
 def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
@@ -407,6 +427,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     if routing_data is not None and getattr(routing_data, "expected_tokens_per_expt", None):
         routed_rows_per_group = routing_data.expected_tokens_per_expt
     cfg = config or choose_config(routed_rows_per_group, p.n, p.k, p.ws is not None, p.reduction_n)
+    cfg = _fit_config(cfg, p, config is not None)
     if cfg.block_n % (2 * p.reduction_n):
         raise ValueError(f"matmul_ogs: block_n={cfg.block_n} must be a multiple of 2*reduction_n")
 

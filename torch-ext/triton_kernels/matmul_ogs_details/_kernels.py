@@ -139,6 +139,10 @@ def _mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
 DECODE_BYTES: tl.constexpr = tl.constexpr(0)  # byte tile, per-nibble bit patterns (any layout)
 DECODE_WORDS: tl.constexpr = tl.constexpr(1)  # 32-bit words of 8 nibbles, float32 bit placement
 DECODE_PTX: tl.constexpr = tl.constexpr(2)  # 32-bit words, bf16x2 pairs in inline PTX (CUDA, bf16 x)
+# nibble-quads storage (HopperMXValueLayout, OperandAddressing.nibble_quads): 16-bit words of four
+# values 16 apart, decoded elementwise into four MMA operands (Triton ops / inline PTX)
+DECODE_QUADS: tl.constexpr = tl.constexpr(3)
+DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(4)
 
 _TWO_POW_126: tl.constexpr = tl.constexpr(8.507059173023462e37)
 
@@ -176,6 +180,40 @@ mul.lo.u32 t, t, 0x104;
 and.b32 t, t, 0x81C081C0;
 fma.rn.bf16x2 t, t, c, nz;
 fma.rn.bf16x2 $3, t, $5, nz;
+}
+""")
+
+
+# Two 16-bit quads words (the low and high lane of $4) -> four bf16x2 registers, one per nibble q:
+# $q holds value q of both words (K offsets 16q + j, 16q + j + 1 of a 64-value block), scaled by
+# the bf16x2 pair $5 (q = 0, 1: the block's first MX block) or $6 (q = 2, 3: its second). Each
+# pair is built as in _DECODE_PAIRS_PTX (mask, multiply, mask, two FMAs).
+_DECODE_QUADS_PTX: tl.constexpr = tl.constexpr("""
+{
+.reg .b32 t, u, c, nz;
+mov.b32 c, 0x7E807E80;
+mov.b32 nz, 0x80008000;
+shr.u32 u, $4, 8;
+and.b32 t, $4, 0x000F000F;
+mul.lo.u32 t, t, 0x1040;
+and.b32 t, t, 0x81C081C0;
+fma.rn.bf16x2 t, t, c, nz;
+fma.rn.bf16x2 $0, t, $5, nz;
+and.b32 t, $4, 0x00F000F0;
+mul.lo.u32 t, t, 0x104;
+and.b32 t, t, 0x81C081C0;
+fma.rn.bf16x2 t, t, c, nz;
+fma.rn.bf16x2 $1, t, $5, nz;
+and.b32 t, u, 0x000F000F;
+mul.lo.u32 t, t, 0x1040;
+and.b32 t, t, 0x81C081C0;
+fma.rn.bf16x2 t, t, c, nz;
+fma.rn.bf16x2 $2, t, $6, nz;
+and.b32 t, u, 0x00F000F0;
+mul.lo.u32 t, t, 0x104;
+and.b32 t, t, 0x81C081C0;
+fma.rn.bf16x2 t, t, c, nz;
+fma.rn.bf16x2 $3, t, $6, nz;
 }
 """)
 
@@ -240,6 +278,64 @@ def _decode_words(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
+def _bf16_scale_bits(s):
+    """E8M0 scale bytes -> int32 holding the bf16 bits of 2^(s - 127) (0: the subnormal 2^-127; 255: NaN)."""
+    s = s.to(tl.int32)
+    return tl.where(s == 0, 0x40, tl.where(s == 255, 0x7FC0, s << 7))
+
+
+@triton.jit
+def _quads_x(xt_base, x_mask, stride_x_k, k0, K, Q: tl.constexpr, MASK_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x^T rows for nibble Q of a quads tile: K offsets k0 + 64*(i // 16) + 16*Q + i % 16."""
+    i = tl.arange(0, BLOCK_K // 4)
+    offs_k = k0 + (i // 16) * 64 + Q * 16 + i % 16
+    if MASK_K:
+        x_mask = x_mask & (offs_k < K)[:, None]
+    return tl.load(xt_base + offs_k[:, None] * stride_x_k, mask=x_mask, other=0.0)
+
+
+@triton.jit
+def _quads_value(w16, Q: tl.constexpr, scale, out_dtype):
+    """Nibble Q of 16-bit quads words (int32), decoded and scaled (float32 scale), in out_dtype."""
+    return (_e2m1_bits((w16 >> (4 * Q)) & 15) * scale).to(out_dtype)
+
+
+@triton.jit
+def _quads_step(acc, k0, xt_base, x_mask, stride_x_k, w16_base, s, K, MASK_K: tl.constexpr,
+                DECODE: tl.constexpr, dot_dtype, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One K step on a nibble-quads weight tile: [BLOCK_N, BLOCK_K/4] 16-bit words and the step's
+    [BLOCK_N, BLOCK_K/32] scales -> four dots of K = BLOCK_K/4 (one per nibble). Every op from the
+    loaded words to the MMA operands is elementwise, so Triton loads the words from shared memory
+    straight into wgmma's register layout (no conversion of the decoded tile)."""
+    offs_w = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+    # the storage is padded to whole 64-value blocks; the tail step reads only blocks that start below K
+    words = _load_k_tail(w16_base + offs_w[None, :], offs_w, tl.cdiv(K, 64) * 16, MASK_K)
+    s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BLOCK_K // 64, 2)))  # the two MX blocks of each 64-block
+    if DECODE == DECODE_QUADS_PTX:
+        sa = tl.reshape(tl.broadcast_to(_bf16_scale_bits(s_lo)[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)),
+                        (BLOCK_N, BLOCK_K // 4)).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        sb = tl.reshape(tl.broadcast_to(_bf16_scale_bits(s_hi)[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)),
+                        (BLOCK_N, BLOCK_K // 4)).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        w0, w1, w2, w3 = tl.inline_asm_elementwise(
+            _DECODE_QUADS_PTX, "=r,=r,=r,=r,r,r,r", [words, sa, sb], dtype=(tl.bfloat16,) * 4,
+            is_pure=True, pack=2)
+    else:
+        w16 = words.to(tl.int32) & 0xFFFF
+        sa = tl.reshape(tl.broadcast_to(_e8m0(s_lo.to(tl.int32))[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)),
+                        (BLOCK_N, BLOCK_K // 4))
+        sb = tl.reshape(tl.broadcast_to(_e8m0(s_hi.to(tl.int32))[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)),
+                        (BLOCK_N, BLOCK_K // 4))
+        w0 = _quads_value(w16, 0, sa, dot_dtype)
+        w1 = _quads_value(w16, 1, sa, dot_dtype)
+        w2 = _quads_value(w16, 2, sb, dot_dtype)
+        w3 = _quads_value(w16, 3, sb, dot_dtype)
+    acc = tl.dot(w0, _quads_x(xt_base, x_mask, stride_x_k, k0, K, 0, MASK_K, BLOCK_K).to(dot_dtype), acc)
+    acc = tl.dot(w1, _quads_x(xt_base, x_mask, stride_x_k, k0, K, 1, MASK_K, BLOCK_K).to(dot_dtype), acc)
+    acc = tl.dot(w2, _quads_x(xt_base, x_mask, stride_x_k, k0, K, 2, MASK_K, BLOCK_K).to(dot_dtype), acc)
+    return tl.dot(w3, _quads_x(xt_base, x_mask, stride_x_k, k0, K, 3, MASK_K, BLOCK_K).to(dot_dtype), acc)
+
+
+@triton.jit
 def _load_k_tail(ptrs, offs_k, k_bound, MASK_K: tl.constexpr):
     """A [rows, len(offs_k)] tile; in the K tail step (MASK_K) columns at or past k_bound read 0."""
     if MASK_K:
@@ -254,6 +350,14 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One BLOCK_K step of `_swapped_mainloop`. Weight loads need no N mask (the column offsets are
     clamped in range and the extra columns are never stored); K is masked only in the tail step."""
+    if DECODE >= DECODE_QUADS:
+        offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
+        s = _load_k_tail(s_base + s_off[None, :], offs_ks, K // 32, MASK_K)
+        dot_dtype = tl.float32 if DOT_F32 else xt_base.dtype.element_ty
+        w16_base = w32_base.to(tl.pointer_type(tl.int16))
+        return _quads_step(acc, k0, xt_base, mask_x[None, :], stride_x_k, w16_base, s, K, MASK_K, DECODE,
+                           dot_dtype, BLOCK_N, BLOCK_K)
     offs_k = k0 + tl.arange(0, BLOCK_K)
     x_mask = mask_x[None, :]
     if MASK_K:

@@ -22,13 +22,15 @@ MX_BLOCK = 32
 @dataclasses.dataclass(frozen=True)
 class Addressing:
     """Element (e, k, n) sits at e*stride_e + (k // k_group)*stride_k_group + (k % k_group)*stride_k_inner
-    + n*stride_n elements from data's first element (the same contract as tensor_details.layout)."""
+    + n*stride_n elements from data's first element (the same contract as tensor_details.layout;
+    nibble_quads: FP4 nibbles permuted inside 64-value K blocks, see OperandAddressing)."""
 
     stride_e: int
     stride_k_group: int
     stride_k_inner: int
     k_group: int
     stride_n: int
+    nibble_quads: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,8 @@ def _layout_addressing(t) -> Addressing:
     helper = getattr(layout_module, "operand_addressing", None)
     if helper is not None:
         a = helper(t)
-        return Addressing(int(a.stride_e), int(a.stride_k_group), int(a.stride_k_inner), int(a.k_group), int(a.stride_n))
+        return Addressing(int(a.stride_e), int(a.stride_k_group), int(a.stride_k_inner), int(a.k_group), int(a.stride_n),
+                          bool(getattr(a, "nibble_quads", False)))
     strided = getattr(layout_module, "StridedLayout", None)
     if strided is not None and isinstance(t.storage.layout, strided):
         return _strided(t.storage.data)
@@ -117,10 +120,17 @@ def _read_rows(op: Operand, expert: int) -> torch.Tensor:
     a = op.addressing
     data = op.data
     g = a.k_group
-    groups = -(-op.rows // g)
+    rows = op.rows
+    if a.nibble_quads:  # whole 64-value blocks (the storage is padded to them), nibbles put back in order
+        from ..tensor_details.layout_details.mx import QUADS_BLOCK_BYTES, quads_order_inverse
+        rows = -(-rows // QUADS_BLOCK_BYTES) * QUADS_BLOCK_BYTES
+    groups = -(-rows // g)
     offset = data.storage_offset() + expert * a.stride_e
     view = torch.as_strided(data, (groups, g, op.n), (a.stride_k_group, a.stride_k_inner, a.stride_n), offset)
-    return view.reshape(groups * g, op.n)[: op.rows]
+    view = view.reshape(groups * g, op.n)[:rows]
+    if a.nibble_quads:
+        view = quads_order_inverse(view.t()).t()
+    return view[: op.rows]
 
 
 _E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)

@@ -67,13 +67,35 @@ class _MXLayout(Layout):
         return f"{type(self).__name__}(shape={self.shape}, mx_axis={self.mx_axis})"
 
 
+QUADS_BLOCK_BYTES = 32  # one 64-value K block of the nibble-quads order
+
+
+def quads_order(nk: torch.Tensor) -> torch.Tensor:
+    """Packed FP4 bytes [..., K'] (K' a multiple of 32; byte b = values 2b | 2b+1 << 4) -> the same
+    values in nibble-quads order: in each 32-byte block, 16-bit little-endian word j holds the
+    block's values j, 16 + j, 32 + j, 48 + j in its nibbles 0..3. A kernel that loads word j
+    decodes four values that sit at the same position of four 16-value K slices, so it can feed
+    four MMAs (one per slice) with no register shuffles (see matmul_ogs_details._kernels)."""
+    nib = torch.stack((nk & 15, nk >> 4), dim=-1).reshape(nk.shape[:-1] + (-1, 4, 16))
+    nib = nib.transpose(-1, -2).reshape(nk.shape[:-1] + (-1, 2))  # [..., words * 2 bytes, 2 nibbles]
+    return (nib[..., 0] | (nib[..., 1] << 4)).to(nk.dtype)
+
+
+def quads_order_inverse(quads: torch.Tensor) -> torch.Tensor:
+    """Inverse of `quads_order`."""
+    nib = torch.stack((quads & 15, quads >> 4), dim=-1).reshape(quads.shape[:-1] + (-1, 16, 4))
+    nib = nib.transpose(-1, -2).reshape(quads.shape[:-1] + (-1, 2))
+    return (nib[..., 0] | (nib[..., 1] << 4)).to(quads.dtype)
+
+
 class HopperMXValueLayout(_MXLayout):
-    """Values N-major: storage [E, N_pad, K_pad] (or [N_pad, K_pad]), each column's K bytes contiguous.
+    """Values N-major: storage [E, N_pad, K_pad] (or [N_pad, K_pad]), each column's K bytes contiguous,
+    nibbles in the quads order inside each 64-value K block (`quads_order`).
 
     K_pad = K rounded up to `k_align` storage units (64 bytes = 128 FP4 values: one BLOCK_K=128
-    tile, four 16-byte loads per column), N_pad = N rounded up to `n_align` (128) columns; the
-    padding is zeros. `mma_version` is accepted for drop-in compatibility and does not change
-    the byte order.
+    tile, four 16-byte loads per column; at least 32, one quads block), N_pad = N rounded up to
+    `n_align` (128) columns; the padding is zeros. `mma_version` is accepted for drop-in
+    compatibility and does not change the byte order.
     """
 
     name = "HOPPER_VALUE"
@@ -87,6 +109,9 @@ class HopperMXValueLayout(_MXLayout):
         for what, v in (("k_align", k_align), ("n_align", n_align)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
                 raise ValueError(f"HopperMXValueLayout: `{what}` must be a positive power of two, got {v!r}")
+        if k_align < QUADS_BLOCK_BYTES:
+            raise ValueError(f"HopperMXValueLayout: `k_align` must be at least {QUADS_BLOCK_BYTES} bytes "
+                             f"(one 64-value block of the nibble-quads order), got {k_align}")
         self.mma_version = mma_version
         self.padded_k = round_up(self.k, k_align)
         self.padded_n = round_up(self.n, n_align)
@@ -96,17 +121,17 @@ class HopperMXValueLayout(_MXLayout):
         nk = self._k_last(self._check_unswizzled(data))
         out = torch.zeros(self.swizzled_shape, dtype=data.dtype, device=data.device)
         out[..., : self.n, : self.k] = nk
-        return out
+        return quads_order(out)
 
     def unswizzle_data(self, data: torch.Tensor) -> torch.Tensor:
         self._check_swizzled(data, "unswizzle_data")
-        return self._from_k_last(data[..., : self.n, : self.k])
+        return self._from_k_last(quads_order_inverse(data)[..., : self.n, : self.k])
 
     def addressing(self, data: torch.Tensor) -> OperandAddressing:
         self._check_swizzled(data, "addressing")
         stride_e = self.padded_n * self.padded_k if self.n_experts is not None else 0
         return OperandAddressing(stride_e=stride_e, stride_k_group=1, stride_k_inner=1, k_group=1,
-                                 stride_n=self.padded_k)
+                                 stride_n=self.padded_k, nibble_quads=True)
 
 
 class _GroupedScaleLayout(_MXLayout):
