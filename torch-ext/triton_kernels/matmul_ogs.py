@@ -407,18 +407,13 @@ def _ptx_ok(p: _Problem) -> bool:
             and p.x.dtype == torch.bfloat16)
 
 
-def _fit_config(cfg: MatmulConfig, p: _Problem, user_config: bool) -> MatmulConfig:
+def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
     """Nibble-quads weights (HopperMXValueLayout) are read only by the swapped main loop, in K steps
-    of whole 64-value blocks: a config without swap_xw is run swapped (same result); a user config
-    with another block_k is an error."""
+    of whole 64-value blocks: a config is run swapped, with block_k rounded up to a multiple of 64
+    (the same result; a config is a speed choice)."""
     if p.ws is None or not p.w.addressing.nibble_quads:
         return cfg
-    if cfg.block_k % 64:
-        if user_config:
-            raise ValueError(f"matmul_ogs: `config.block_k` must be a multiple of 64 for weights in "
-                             f"HopperMXValueLayout (64-value nibble blocks), got {cfg.block_k}")
-        cfg = dataclasses.replace(cfg, block_k=64)
-    return cfg if cfg.swap_xw else dataclasses.replace(cfg, swap_xw=True)
+    return dataclasses.replace(cfg, swap_xw=True, block_k=max(64, cfg.block_k))
 
 
 def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
@@ -427,7 +422,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     if routing_data is not None and getattr(routing_data, "expected_tokens_per_expt", None):
         routed_rows_per_group = routing_data.expected_tokens_per_expt
     cfg = config or choose_config(routed_rows_per_group, p.n, p.k, p.ws is not None, p.reduction_n)
-    cfg = _fit_config(cfg, p, config is not None)
+    cfg = _fit_config(cfg, p)
     if cfg.block_n % (2 * p.reduction_n):
         raise ValueError(f"matmul_ogs: block_n={cfg.block_n} must be a multiple of 2*reduction_n")
 

@@ -285,54 +285,45 @@ def _bf16_scale_bits(s):
 
 
 @triton.jit
-def _quads_x(xt_base, x_mask, stride_x_k, k0, K, Q: tl.constexpr, MASK_K: tl.constexpr, BLOCK_K: tl.constexpr):
-    """x^T rows for nibble Q of a quads tile: K offsets k0 + 64*(i // 16) + 16*Q + i % 16."""
-    i = tl.arange(0, BLOCK_K // 4)
-    offs_k = k0 + (i // 16) * 64 + Q * 16 + i % 16
-    if MASK_K:
-        x_mask = x_mask & (offs_k < K)[:, None]
-    return tl.load(xt_base + offs_k[:, None] * stride_x_k, mask=x_mask, other=0.0)
-
-
-@triton.jit
 def _quads_value(w16, Q: tl.constexpr, scale, out_dtype):
     """Nibble Q of 16-bit quads words (int32), decoded and scaled (float32 scale), in out_dtype."""
     return (_e2m1_bits((w16 >> (4 * Q)) & 15) * scale).to(out_dtype)
 
 
 @triton.jit
-def _quads_step(acc, k0, xt_base, x_mask, stride_x_k, w16_base, s, K, MASK_K: tl.constexpr,
-                DECODE: tl.constexpr, dot_dtype, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One K step on a nibble-quads weight tile: [BLOCK_N, BLOCK_K/4] 16-bit words and the step's
-    [BLOCK_N, BLOCK_K/32] scales -> four dots of K = BLOCK_K/4 (one per nibble). Every op from the
-    loaded words to the MMA operands is elementwise, so Triton loads the words from shared memory
-    straight into wgmma's register layout (no conversion of the decoded tile)."""
-    offs_w = k0 // 4 + tl.arange(0, BLOCK_K // 4)
-    # the storage is padded to whole 64-value blocks; the tail step reads only blocks that start below K
-    words = _load_k_tail(w16_base + offs_w[None, :], offs_w, tl.cdiv(K, 64) * 16, MASK_K)
-    s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BLOCK_K // 64, 2)))  # the two MX blocks of each 64-block
+def _quads_scales(s, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_N, BLOCK_K/32] scales -> each quads word's two: the first and the second MX block of
+    its 64-value block, broadcast to [BLOCK_N, BLOCK_K/4]."""
+    s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BLOCK_K // 64, 2)))
+    s_lo = tl.reshape(tl.broadcast_to(s_lo[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)), (BLOCK_N, BLOCK_K // 4))
+    s_hi = tl.reshape(tl.broadcast_to(s_hi[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)), (BLOCK_N, BLOCK_K // 4))
+    return s_lo, s_hi
+
+
+@triton.jit
+def _decode_quads(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_N, BLOCK_K/4] 16-bit quads words and [BLOCK_N, BLOCK_K/32] E8M0 scales -> the
+    [BLOCK_N, BLOCK_K] weight tile in K order. Each word is decoded elementwise into its four
+    values (nibble q = K offset 16q + j of its 64-value block); joining the four results and
+    moving q above j is a relabelling that matches wgmma's register layout of the left operand,
+    so Triton loads the words from shared memory straight into that layout (no conversion of the
+    decoded tile; benchmarks/NOTES_matmul_perf.md section 7)."""
     if DECODE == DECODE_QUADS_PTX:
-        sa = tl.reshape(tl.broadcast_to(_bf16_scale_bits(s_lo)[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)),
-                        (BLOCK_N, BLOCK_K // 4)).to(tl.int16).to(tl.bfloat16, bitcast=True)
-        sb = tl.reshape(tl.broadcast_to(_bf16_scale_bits(s_hi)[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)),
-                        (BLOCK_N, BLOCK_K // 4)).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        s_lo, s_hi = _quads_scales(_bf16_scale_bits(s), BLOCK_N, BLOCK_K)
         w0, w1, w2, w3 = tl.inline_asm_elementwise(
-            _DECODE_QUADS_PTX, "=r,=r,=r,=r,r,r,r", [words, sa, sb], dtype=(tl.bfloat16,) * 4,
-            is_pure=True, pack=2)
+            _DECODE_QUADS_PTX, "=r,=r,=r,=r,r,r,r",
+            [words, s_lo.to(tl.int16).to(tl.bfloat16, bitcast=True), s_hi.to(tl.int16).to(tl.bfloat16, bitcast=True)],
+            dtype=(tl.bfloat16,) * 4, is_pure=True, pack=2)
     else:
         w16 = words.to(tl.int32) & 0xFFFF
-        sa = tl.reshape(tl.broadcast_to(_e8m0(s_lo.to(tl.int32))[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)),
-                        (BLOCK_N, BLOCK_K // 4))
-        sb = tl.reshape(tl.broadcast_to(_e8m0(s_hi.to(tl.int32))[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)),
-                        (BLOCK_N, BLOCK_K // 4))
-        w0 = _quads_value(w16, 0, sa, dot_dtype)
-        w1 = _quads_value(w16, 1, sa, dot_dtype)
-        w2 = _quads_value(w16, 2, sb, dot_dtype)
-        w3 = _quads_value(w16, 3, sb, dot_dtype)
-    acc = tl.dot(w0, _quads_x(xt_base, x_mask, stride_x_k, k0, K, 0, MASK_K, BLOCK_K).to(dot_dtype), acc)
-    acc = tl.dot(w1, _quads_x(xt_base, x_mask, stride_x_k, k0, K, 1, MASK_K, BLOCK_K).to(dot_dtype), acc)
-    acc = tl.dot(w2, _quads_x(xt_base, x_mask, stride_x_k, k0, K, 2, MASK_K, BLOCK_K).to(dot_dtype), acc)
-    return tl.dot(w3, _quads_x(xt_base, x_mask, stride_x_k, k0, K, 3, MASK_K, BLOCK_K).to(dot_dtype), acc)
+        s_lo, s_hi = _quads_scales(_e8m0(s.to(tl.int32)), BLOCK_N, BLOCK_K)
+        w0 = _quads_value(w16, 0, s_lo, out_dtype)
+        w1 = _quads_value(w16, 1, s_lo, out_dtype)
+        w2 = _quads_value(w16, 2, s_hi, out_dtype)
+        w3 = _quads_value(w16, 3, s_hi, out_dtype)
+    w = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [BLOCK_N, BLOCK_K/4, 2, 2]: [.., a, b] = w_(2a+b)
+    w = tl.reshape(w, (BLOCK_N, BLOCK_K // 64, 16, 2, 2))  # [n, block, j, a, b]
+    return tl.reshape(tl.permute(w, (0, 1, 3, 4, 2)), (BLOCK_N, BLOCK_K))  # K offset 64*block + 16*q + j
 
 
 @triton.jit
@@ -350,14 +341,6 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One BLOCK_K step of `_swapped_mainloop`. Weight loads need no N mask (the column offsets are
     clamped in range and the extra columns are never stored); K is masked only in the tail step."""
-    if DECODE >= DECODE_QUADS:
-        offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-        s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
-        s = _load_k_tail(s_base + s_off[None, :], offs_ks, K // 32, MASK_K)
-        dot_dtype = tl.float32 if DOT_F32 else xt_base.dtype.element_ty
-        w16_base = w32_base.to(tl.pointer_type(tl.int16))
-        return _quads_step(acc, k0, xt_base, mask_x[None, :], stride_x_k, w16_base, s, K, MASK_K, DECODE,
-                           dot_dtype, BLOCK_N, BLOCK_K)
     offs_k = k0 + tl.arange(0, BLOCK_K)
     x_mask = mask_x[None, :]
     if MASK_K:
@@ -368,7 +351,13 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base
         offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
         s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
         s = _load_k_tail(s_base + s_off[None, :], offs_ks, K // 32, MASK_K)
-        if DECODE == DECODE_BYTES:
+        if DECODE >= DECODE_QUADS:
+            offs_kw = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+            # the storage is padded to whole 64-value blocks: the tail step reads blocks starting below K
+            words = _load_k_tail(w32_base.to(tl.pointer_type(tl.int16)) + offs_kw[None, :], offs_kw,
+                                 tl.cdiv(K, 64) * 16, MASK_K)
+            w = _decode_quads(words, s, dot_dtype, DECODE, BLOCK_N, BLOCK_K)
+        elif DECODE == DECODE_BYTES:
             offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
             w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
             packed = _load_k_tail(w_base + w_off[None, :], offs_kp, K // 2, MASK_K)
