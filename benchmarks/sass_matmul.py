@@ -41,7 +41,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         REDUCTION_N=2 if gate_up else 1, W_MX=True, W_KG=1, WS_KG=4, ROUTED=True, GATHER=gate_up,
         HAS_BIAS=True, HAS_BETAS=False, HAS_GAMMAS=not gate_up, HAS_ALPHA=False, DOT_F32=False,
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
-        DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
+        DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
         MAP_BLOCK_M=min(block_m, 128),
     )
     if not gate_up:

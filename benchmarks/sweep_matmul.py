@@ -118,6 +118,7 @@ def main():
             layers.clear()
             torch.cuda.empty_cache()
             layers[n_expts] = (Layer(n_expts, "default"), Layer(n_expts, "raw"))  # same seed: same weights
+            layers[n_expts][1].b1, layers[n_expts][1].b2 = layers[n_expts][0].b1, layers[n_expts][0].b2
         layer, raw_layer = layers[n_expts]
         torch.manual_seed(n_tokens)
         x = torch.randn(n_tokens, HIDDEN, device="cuda").bfloat16()

@@ -391,6 +391,40 @@ def test_every_fp4_code_and_scale_decodes_exactly(device, swap_xw, decode):
     assert out[:, 7].isnan().all()
 
 
+@pytest.mark.parametrize("scale_values", [(0, 1, 100, 120, 126, 127, 128, 128), (100, 117, 120, 126, 127, 128, 131, 160)])
+@pytest.mark.parametrize("kdim", [128, 96])
+def test_quads_layout_decodes_every_code_exactly(device, scale_values, kdim):
+    """HopperMXValueLayout (nibble-quads order): every byte of every column under scales that are all
+    <= 128 (the PTX decoder's one-multiply form on a GPU) or reach 160 (its general form), with a
+    K tail (96 = one and a half 64-value blocks), bit for bit; x = identity, so out = the weight."""
+    from triton_kernels.tensor import FP4, convert_layout, wrap_torch_tensor
+    from triton_kernels.tensor_details import layout
+
+    n = 256
+    codes = torch.arange(n, dtype=torch.int32)[None, :] + 41 * torch.arange(kdim // 2)[:, None]
+    codes = codes.remainder(256).to(torch.uint8).t().contiguous().t()  # [K/2, N], K-contiguous
+    scales = torch.tensor(scale_values, dtype=torch.int32)[torch.arange(kdim // 32 * n) % 8]
+    scales = scales.reshape(n, kdim // 32).t().contiguous().to(torch.uint8)
+    w = convert_layout(wrap_torch_tensor(codes.to(device), dtype=FP4), layout.HopperMXValueLayout, mx_axis=0)
+    ws = convert_layout(wrap_torch_tensor(scales.to(device)), layout.HopperMXScaleLayout, mx_axis=0, num_warps=8)
+    x = torch.eye(kdim).bfloat16().to(device)
+    out = matmul_ogs(x, w, None, precision_config=PrecisionConfig(weight_scale=ws, out_dtype=torch.float32))
+    ref = dequant_reference(codes[None], scales[None])[0]
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
+
+
+def test_small_scale_check_is_cached_and_sees_in_place_writes():
+    from triton_kernels.matmul_ogs import _scales_at_most_128
+
+    scales = torch.full((4, 8), 127, dtype=torch.uint8)
+    assert _scales_at_most_128(scales) and _scales_at_most_128(scales[1:])  # a view is checked on its own
+    scales[2, 3] = 129  # an in-place write bumps the version counter: recomputed, not served from the cache
+    assert not _scales_at_most_128(scales)
+    scales[2, 3] = 128
+    assert _scales_at_most_128(scales)
+    assert _scales_at_most_128(torch.empty((0, 8), dtype=torch.uint8))
+
+
 def test_scale_255_gives_nan_and_zero_block(device):
     x = torch.ones(2, 64, device=device).bfloat16()
     codes = torch.full((32, 4), 0x22, dtype=torch.uint8, device=device)  # both nibbles 1.0

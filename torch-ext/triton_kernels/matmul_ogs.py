@@ -391,7 +391,9 @@ def _decoder(cfg: MatmulConfig, p: _Problem) -> int:
         return 0
     a = p.w.addressing
     if a.nibble_quads:  # the storage has one decoder; inline PTX where the backend and x allow it
-        return 3 + _ptx_ok(p)
+        if not _ptx_ok(p):
+            return 3
+        return 5 if _scales_at_most_128(p.ws.data) else 4
     words = (a.k_group == 1 and a.stride_k_group == 1 and a.stride_n % 4 == 0 and a.stride_e % 4 == 0
              and p.w.data.data_ptr() % 4 == 0)
     if not words:
@@ -405,6 +407,24 @@ def _ptx_ok(p: _Problem) -> bool:
     target = target_info.get_target()
     return (not target.interpreter and target.capability is not None and target.capability >= (8, 0)
             and p.x.dtype == torch.bfloat16)
+
+
+def _scales_at_most_128(scales: torch.Tensor) -> bool:
+    """Whether every E8M0 byte of a weight's scale storage is <= 128 (then the PTX decoder folds
+    2^126 into the scale: one multiply per pair). Weights are static: the answer is computed once
+    (one device sync) and kept on the tensor, keyed by its version counter so that an in-place
+    write recomputes it; while a CUDA graph is being captured an unknown answer is 'no' (the
+    general decoder, same values)."""
+    base = scales if scales._base is None else scales._base
+    key = (scales.data_ptr(), tuple(scales.shape), scales.stride(), scales._version)
+    cache = getattr(base, "_triton_kernels_scale_max", None)
+    if cache is not None and cache[0] == key:
+        return cache[1] <= 128
+    if scales.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    top = int(scales.max()) if scales.numel() else 0
+    base._triton_kernels_scale_max = (key, top)
+    return top <= 128
 
 
 def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:

@@ -143,6 +143,7 @@ DECODE_PTX: tl.constexpr = tl.constexpr(2)  # 32-bit words, bf16x2 pairs in inli
 # values 16 apart, decoded elementwise into four MMA operands (Triton ops / inline PTX)
 DECODE_QUADS: tl.constexpr = tl.constexpr(3)
 DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(4)
+DECODE_QUADS_PTX_SMALL_SCALES: tl.constexpr = tl.constexpr(5)  # every scale byte <= 128: one FMA per pair
 
 _TWO_POW_126: tl.constexpr = tl.constexpr(8.507059173023462e37)
 
@@ -184,38 +185,26 @@ fma.rn.bf16x2 $3, t, $5, nz;
 """)
 
 
-# Two 16-bit quads words (the low and high lane of $4) -> four bf16x2 registers, one per nibble q:
-# $q holds value q of both words (K offsets 16q + j, 16q + j + 1 of a 64-value block), scaled by
-# the bf16x2 pair $5 (q = 0, 1: the block's first MX block) or $6 (q = 2, 3: its second). Each
-# pair is built as in _DECODE_PAIRS_PTX (mask, multiply, mask, two FMAs).
-_DECODE_QUADS_PTX: tl.constexpr = tl.constexpr("""
-{
-.reg .b32 t, u, c, nz;
-mov.b32 c, 0x7E807E80;
-mov.b32 nz, 0x80008000;
-shr.u32 u, $4, 8;
-and.b32 t, $4, 0x000F000F;
-mul.lo.u32 t, t, 0x1040;
-and.b32 t, t, 0x81C081C0;
-fma.rn.bf16x2 t, t, c, nz;
-fma.rn.bf16x2 $0, t, $5, nz;
-and.b32 t, $4, 0x00F000F0;
-mul.lo.u32 t, t, 0x104;
-and.b32 t, t, 0x81C081C0;
-fma.rn.bf16x2 t, t, c, nz;
-fma.rn.bf16x2 $1, t, $5, nz;
-and.b32 t, u, 0x000F000F;
-mul.lo.u32 t, t, 0x1040;
-and.b32 t, t, 0x81C081C0;
-fma.rn.bf16x2 t, t, c, nz;
-fma.rn.bf16x2 $2, t, $6, nz;
-and.b32 t, u, 0x00F000F0;
-mul.lo.u32 t, t, 0x104;
-and.b32 t, t, 0x81C081C0;
-fma.rn.bf16x2 t, t, c, nz;
-fma.rn.bf16x2 $3, t, $6, nz;
-}
-""")
+def _quads_ptx(one_multiply: bool) -> str:
+    """Inline PTX: two 16-bit quads words (the low and high lane of $4) -> four bf16x2 registers, one
+    per nibble q: $q holds value q of both words (K offsets 16q + j and 16q + j + 1 of their 64-value
+    block), scaled by the bf16x2 pair $5 (q = 0, 1: the block's first MX block) or $6 (q = 2, 3: its
+    second). Each pair is placed as in _DECODE_PAIRS_PTX (mask, multiply, mask: E2M1 * 2^-126), then
+    multiplied by 2^126 and by the scale (two FMAs), or, with `one_multiply`, by the pair holding
+    2^(s-1) = 2^126 * 2^(s-127) (one FMA; the host passes that only when every scale is <= 128, where
+    2^(s-1) is a bf16)."""
+    lines = ["{", ".reg .b32 t, u, c, nz;", "mov.b32 c, 0x7E807E80;", "mov.b32 nz, 0x80008000;", "shr.u32 u, $4, 8;"]
+    for q in range(4):
+        src, mask, mul = ("$4", "u")[q // 2], ("0x000F000F", "0x00F000F0")[q % 2], ("0x1040", "0x104")[q % 2]
+        lines += [f"and.b32 t, {src}, {mask};", f"mul.lo.u32 t, t, {mul};", "and.b32 t, t, 0x81C081C0;"]
+        if not one_multiply:
+            lines.append("fma.rn.bf16x2 t, t, c, nz;")
+        lines.append(f"fma.rn.bf16x2 ${q}, t, ${5 + q // 2}, nz;")
+    return "\n".join(lines + ["}"])
+
+
+_DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(_quads_ptx(False))
+_DECODE_QUADS_PTX_ONE_FMA: tl.constexpr = tl.constexpr(_quads_ptx(True))
 
 
 @triton.jit
@@ -308,10 +297,16 @@ def _decode_quads(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
     moving q above j is a relabelling that matches wgmma's register layout of the left operand,
     so Triton loads the words from shared memory straight into that layout (no conversion of the
     decoded tile; benchmarks/NOTES_matmul_perf.md section 7)."""
-    if DECODE == DECODE_QUADS_PTX:
-        s_lo, s_hi = _quads_scales(_bf16_scale_bits(s), BLOCK_N, BLOCK_K)
+    if DECODE == DECODE_QUADS_PTX or DECODE == DECODE_QUADS_PTX_SMALL_SCALES:
+        if DECODE == DECODE_QUADS_PTX_SMALL_SCALES:
+            asm: tl.constexpr = _DECODE_QUADS_PTX_ONE_FMA
+            bits = (s.to(tl.int32) + 126) << 7  # bf16 2^(s - 1)
+        else:
+            asm: tl.constexpr = _DECODE_QUADS_PTX
+            bits = _bf16_scale_bits(s)
+        s_lo, s_hi = _quads_scales(bits, BLOCK_N, BLOCK_K)
         w0, w1, w2, w3 = tl.inline_asm_elementwise(
-            _DECODE_QUADS_PTX, "=r,=r,=r,=r,r,r,r",
+            asm, "=r,=r,=r,=r,r,r,r",
             [words, s_lo.to(tl.int16).to(tl.bfloat16, bitcast=True), s_hi.to(tl.int16).to(tl.bfloat16, bitcast=True)],
             dtype=(tl.bfloat16,) * 4, is_pure=True, pack=2)
     else:
