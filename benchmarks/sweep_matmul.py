@@ -135,7 +135,7 @@ def main():
         out = torch.empty_like(out_ref)
         for name, k, n in (("gate_up", HIDDEN, 2 * INTER), ("down", INTER, HIDDEN)):
             floor = max(n_hit * weight_bytes(k, n) / bw, 2 * rows * k * n / rate)
-            dflt = choose_config(rpe, n, k, True, 2 if name == "gate_up" else 1)
+            dflt = choose_config(rpe, n, k, True, 2 if name == "gate_up" else 1, nibble_quads=True)
             results = []
             for cfg in [dflt] + candidates(rpe):
                 if time.time() - t_start > args.budget_s:

@@ -749,7 +749,7 @@ sys.path.insert(0, "benchmarks")
 from sass_matmul import compile_matmul, loop_body
 out = {}
 for gate_up in (True, False):
-    for decode in ("bytes", "words", "ptx"):
+    for decode in ("bytes", "words", "ptx", "quads_ptx", "quads_ptx_small"):
         body = loop_body(compile_matmul(16, 64, 128, 4, 3, decode=decode, gate_up=gate_up).asm["sass"])
         out[f"{gate_up}-{decode}"] = [len(body) / 64, sum("HGMMA" in line for line in body)]
 print(json.dumps(out))
@@ -757,11 +757,12 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernels themselves")
-def test_hopper_build_of_every_decoder_compiles_and_ptx_is_leanest():
+def test_hopper_build_of_every_decoder_compiles_and_quads_ptx_is_leanest():
     """The interpreter cannot run inline PTX: build matmul_ogs for sm_90a (ptxas included, through
     benchmarks/sass_matmul.py, outside the interpreter) with each decoder, gathered + SwiGLU and
     plain, and check that wgmma is used and the K loop's instructions per weight value order as
-    designed: ptx < words < bytes."""
+    designed: quads PTX with one multiply per pair < quads PTX < ptx < words < bytes (the quads
+    decoders read the nibble-quads order of HopperMXValueLayout)."""
     import json
     import os
     import subprocess
@@ -779,6 +780,7 @@ def test_hopper_build_of_every_decoder_compiles_and_ptx_is_leanest():
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     for gate_up in ("True", "False"):
-        per_value = {d: res[f"{gate_up}-{d}"][0] for d in ("bytes", "words", "ptx")}
+        per_value = {d: res[f"{gate_up}-{d}"][0] for d in ("bytes", "words", "ptx", "quads_ptx", "quads_ptx_small")}
         assert all(res[f"{gate_up}-{d}"][1] > 0 for d in per_value), res
-        assert per_value["ptx"] < per_value["words"] < per_value["bytes"], per_value
+        assert (per_value["quads_ptx_small"] < per_value["quads_ptx"] < per_value["ptx"] < per_value["words"]
+                < per_value["bytes"]), per_value

@@ -441,7 +441,8 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     routed_rows_per_group = p.rows / max(1, p.w.n_experts or 1) if p.routed else p.rows
     if routing_data is not None and getattr(routing_data, "expected_tokens_per_expt", None):
         routed_rows_per_group = routing_data.expected_tokens_per_expt
-    cfg = config or choose_config(routed_rows_per_group, p.n, p.k, p.ws is not None, p.reduction_n)
+    cfg = config or choose_config(routed_rows_per_group, p.n, p.k, p.ws is not None, p.reduction_n,
+                                  nibble_quads=p.w.addressing.nibble_quads)
     cfg = _fit_config(cfg, p)
     if cfg.block_n % (2 * p.reduction_n):
         raise ValueError(f"matmul_ogs: block_n={cfg.block_n} must be a multiple of 2*reduction_n")

@@ -56,8 +56,10 @@ def _block_m_for(rows_per_group: float) -> int:
 
 
 def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, reduction_n: int = 1,
-                  variant: str | None = None, interpreter: bool | None = None) -> MatmulConfig:
-    """Pick a config for `rows_per_group` rows sharing one weight matrix (tokens per expert, or M).
+                  variant: str | None = None, interpreter: bool | None = None,
+                  nibble_quads: bool = False) -> MatmulConfig:
+    """Pick a config for `rows_per_group` rows sharing one weight matrix (tokens per expert, or M);
+    `nibble_quads`: the weight is stored in HopperMXValueLayout's nibble-quads order.
 
     The decode end (few rows per expert) is weight-bandwidth bound: wide K steps, narrow N so that
     enough CTAs stream the weights. The prefill end is MMA bound: 128-row tiles (wgmma on Hopper)
@@ -72,17 +74,31 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
         # Small tiles keep the interpreter (numpy per op) fast.
         return MatmulConfig(block_m=min(block_m, 16), block_n=max(16, min_n), block_k=64 if weight_is_mx else 32,
                             group_m=2, num_warps=4, num_stages=1)
+    if variant == "hopper" and weight_is_mx and nibble_quads:
+        # Swapped main loop (decoded weight as wgmma's register operand) with the nibble-quads decoder
+        # of the default layout; measured on the H100 with benchmarks/sweep_matmul.py
+        # (NOTES_matmul_perf.md section 7).
+        if block_m <= 16:
+            return MatmulConfig(block_m, 64, 256, 1, 4, 3, swap_xw=True, decode="ptx")
+        if block_m <= 32:
+            return MatmulConfig(block_m, 64, 128, 4, 4, 3, swap_xw=True, decode="ptx")
+        if block_m <= 64:
+            if n >= 4096:  # gate_up: wide N, 8 warps over 128 columns
+                return MatmulConfig(block_m, 128, 128, 8, 8, 3, swap_xw=True, decode="ptx")
+            return MatmulConfig(block_m, 256, 64, 8, 8, 3, swap_xw=True, decode="ptx")
+        # prefill: 128 x 128 tiles with 4 warps up to ~1k rows per expert; beyond, 256-row tiles
+        # (wgmma N = 256) decode each weight tile once for twice the rows
+        if rows_per_group > 1024:
+            return MatmulConfig(256, 128, 64, 8, 8, 3, swap_xw=True, decode="ptx")
+        return MatmulConfig(128, 128, 64, 8, 4, 4, swap_xw=True, decode="ptx")
     if variant == "hopper" and weight_is_mx:
-        # Swapped main loop (decoded weight as wgmma's register operand) with the inline-PTX word
-        # decoder; measured on the H100 with benchmarks/sweep_matmul.py (NOTES_matmul_perf.md).
+        # other K-contiguous layouts (transformers' strided values): the inline-PTX word decoder
         if block_m <= 16:
             return MatmulConfig(block_m, 64, 128, 1, 4, 4, swap_xw=True, decode="ptx")
         if block_m <= 32:
             return MatmulConfig(block_m, 64, 128, 4, 4, 3, swap_xw=True, decode="ptx")
         if block_m <= 64:
             return MatmulConfig(block_m, 64, 128, 8, 4, 3, swap_xw=True, decode="ptx")
-        # prefill: 256-row tiles (wgmma N = 256) halve the decode work per flop; 128 when an
-        # expert's rows would leave most of such a tile empty
         if rows_per_group > 128:
             return MatmulConfig(256, 128, 64, 8, 8, 3, swap_xw=True, decode="ptx")
         return MatmulConfig(128, 256, 64, 8, 8, 3, swap_xw=True, decode="ptx")
