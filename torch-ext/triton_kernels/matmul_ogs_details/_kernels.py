@@ -15,7 +15,9 @@ Two main loops (a launch-config choice, `MatmulConfig.swap_xw`):
 * _swapped_mainloop: acc^T = w^T @ x^T. The decoded weight is the left operand (wgmma reads it
   from registers on Hopper), N fills the MMA's M dimension (few-row decode tiles still use a
   64-wide wgmma), the nibbles are joined back into K order (one dot per BLOCK_K, x as loaded),
-  and E2M1 is decoded from bit patterns rather than an int->float conversion.
+  and E2M1 is decoded from bit patterns rather than an int->float conversion. Weights in
+  HopperMXValueLayout's nibble-quads order are read as 16-bit words by the quads decoders, whose
+  every op up to the MMA operand is elementwise (no register-layout conversion of the tile).
 """
 
 from __future__ import annotations
