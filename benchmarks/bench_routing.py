@@ -158,59 +158,64 @@ def plan_summary(n_tokens, n_expts, k) -> dict:
                                              routing_details.FUSED_MAX_TILES)
     return dict(fused=plan.fused, block_t=plan.block_t, n_iter=plan.n_iter, topk_programs=plan.n_parts,
                 num_warps=plan.num_warps, place_programs=0 if plan.fused else plan.n_place_programs,
-                slot_block=plan.slot_block, workspace_int32=plan.total)
+                place_warps=plan.place_warps, reg_softmax=plan.reg_softmax, workspace_int32=plan.total)
+
+
+def sweep_variants(tp: int) -> dict:
+    """Plan variants per shape: the fused kernel's warps and softmax placement; the split path's
+    top-k tiling (rows per tile, warps, tiles per program) and placement grouping and warps."""
+    import dataclasses
+    R = dataclasses.replace
+    split = routing_details._split_plan
+    orig = routing_details.make_routing_plan
+    cases = {}
+    for n_tokens, n_expts in ((64, 32), (64, 128), (4096, 32), (4096, 128), (16384, 32), (16384, 128)):
+        auto = orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
+        v = [("auto", auto)]
+        if n_tokens <= 64:
+            f = orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)
+            for nw in (4, 8, 16):
+                for reg in (False, True):
+                    v.append((f"fused nw={nw} reg_softmax={reg}", R(f, num_warps=nw, reg_softmax=reg,
+                                                                    place_rows=min(64, 32 * nw))))
+        else:
+            for bt, nw in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 8), (64, 16), (128, 16)):
+                if bt * n_expts > 16384 or bt * n_expts < 1024:
+                    continue
+                tiles = -(-n_tokens // bt)
+                for n_iter in sorted({1, 2, 4, 8}):
+                    parts = -(-tiles // n_iter)
+                    if parts > 2 * tp or parts < tp // 2:
+                        continue
+                    for ppp, pw in ((1, 4), (1, 8), (2, 8)):
+                        if ppp > 1 and parts < 2 * tp:
+                            continue
+                        v.append((f"split bt={bt} nw={nw} it={n_iter} P={parts} place/{ppp} pw={pw}",
+                                  split(n_tokens, n_expts, TOPK, 1, bt, n_iter, nw, ppp, pw)))
+        cases[(n_tokens, n_expts)] = v
+    return cases
 
 
 def sweep(dtype, reps: int) -> list[dict]:
-    """Plan variants per shape (fused warps, split-path programs and warps, the fused/split switch):
-    each is checked against routing_torch, then timed graphed (1 and 16 calls per graph)."""
-    import dataclasses
+    """Each plan variant is checked against routing_torch, then timed graphed (1 and 16 calls per graph)."""
     orig = routing_details.make_routing_plan
     tp = routing_details._target_programs()
     out = []
-    R = dataclasses.replace
-    cases = {}
-    for n_tokens, n_expts in ((64, 32), (64, 128), (256, 128), (4096, 128), (16384, 128), (16384, 32)):
-        auto = orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
-        v = [("auto", auto)]
-        if n_tokens <= 256:
-            f = orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)
-            for bt, nw in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8)):
-                if bt <= f.block_t or bt <= n_tokens:
-                    tb = max(16, min(128, 1024 * nw // f.e_pad))
-                    v.append((f"fused bt={bt} nw={nw}", R(f, block_t=bt, num_warps=nw, tile_block=tb)))
-        if n_tokens > 1:
-            for t, nw in ((tp // 2, 8), (tp // 2, 4), (tp, 4), (tp, 8), (2 * tp, 4)):
-                sp = orig(n_tokens, n_expts, TOPK, 1, False, t, 0)
-                v.append((f"split P~{t} nw={nw}", R(sp, num_warps=nw)))
-        cases[(n_tokens, n_expts)] = v
-    for (n_tokens, n_expts), variants in cases.items():
-        if True:
-            logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
-            for name, plan in variants:
-                routing_details.make_routing_plan = lambda *a, _p=plan, **kw: _p
-                try:
-                    bad = mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
-                    g1 = time_graph_us(lambda: routing(logits, TOPK), reps)
-                    g16 = time_graph_us(lambda: routing(logits, TOPK), max(20, reps // 8), 16)
-                except Exception as exc:  # a variant that does not compile is reported, not fatal
-                    bad, g1, g16 = [f"{type(exc).__name__}: {str(exc)[:200]}"], float("nan"), float("nan")
-                finally:
-                    routing_details.make_routing_plan = orig
-                row = dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16)
-                out.append(row)
-                print(f"  sweep T={n_tokens} E={n_expts} {name}: graph {g1:.1f} us, x16 {g16:.1f} us {bad or ''}",
-                      flush=True)
-    for fast in (True, False):
-        routing_details.FAST_LAUNCH = fast
-        routing_details._COMPILED.clear()
-        for n_tokens, n_expts in ((1, 128), (64, 128), (16384, 128)):
-            logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
-            ok = not mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
-            us = time_eager_us(lambda: routing(logits, TOPK), reps // 3)
-            out.append(dict(T=n_tokens, E=n_expts, variant=f"eager fast_launch={fast}", ok=ok, eager_us=us))
-            print(f"  sweep eager T={n_tokens} E={n_expts} fast_launch={fast}: {us:.1f} us ok={ok}", flush=True)
-    routing_details.FAST_LAUNCH = True
+    for (n_tokens, n_expts), variants in sweep_variants(tp).items():
+        logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
+        for name, plan in variants:
+            routing_details.make_routing_plan = lambda *a, _p=plan, **kw: _p
+            try:
+                bad = mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
+                g1 = time_graph_us(lambda: routing(logits, TOPK), reps)
+                g16 = time_graph_us(lambda: routing(logits, TOPK), max(20, reps // 8), 16)
+            except Exception as exc:  # a variant that does not compile is reported, not fatal
+                bad, g1, g16 = [f"{type(exc).__name__}: {str(exc)[:200]}"], float("nan"), float("nan")
+            finally:
+                routing_details.make_routing_plan = orig
+            out.append(dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16))
+            print(f"  sweep T={n_tokens} E={n_expts} {name}: graph {g1:.1f} us, x16 {g16:.1f} us {bad or ''}",
+                  flush=True)
     import cProfile
     import io
     import pstats

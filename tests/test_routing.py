@@ -236,9 +236,52 @@ def test_every_path_is_exercised(monkeypatch):
                 seen.add("split-multi-program" if plan.n_parts > 1 else "split-one-program")
                 if plan.n_iter > 1:
                     seen.add("split-multi-tile")
-                if plan.slots_per_part > plan.slot_block:
-                    seen.add("split-multi-slot-block")
+                if plan.rows_per_part > plan.place_rows:
+                    seen.add("split-multi-place-step")
     assert {"fused-one-tile", "fused-tiles", "split-multi-program", "split-multi-tile"} <= seen, seen
+
+
+PLAN_CASES = [
+    dict(T=70, E=24, k=3),
+    dict(T=45, E=40, k=4, n_rows=31, simulated_ep=2, dtype=torch.bfloat16),
+    dict(T=37, E=16, k=2, sm_first=True, dtype=torch.float16),
+    dict(T=29, E=20, k=3, user=True),
+]
+
+
+@pytest.mark.parametrize("variant", ["grouped-place", "small-place-steps", "fused-reg-softmax",
+                                     "fused-scratch-softmax", "fused-tiles-small-steps"])
+@pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()).replace("torch.", ""))
+def test_routing_plan_variants(variant, case, device, poisoned_workspace, monkeypatch):
+    """Plan knobs the heuristics may not pick for these shapes (the GPU sweep times them):
+    placement programs that each place several top-k programs' rows, placement in steps smaller
+    than a top-k program's rows, and the one-tile fused path with the softmax in registers or
+    after the scratch round trip."""
+    import dataclasses
+    case = dict(case)
+    T, E, k, dtype = case.pop("T"), case.pop("E"), case.pop("k"), case.pop("dtype", torch.float32)
+    g = torch.Generator().manual_seed(T * 7 + E)
+    logits = torch.randn(T, E, generator=g).to(dtype).to(device)
+    if case.pop("user", False):
+        idx = torch.randint(-1, E + 2, (T, k), generator=g)
+        idx[4] = torch.tensor([5, 5, 1])
+        case["expt_indx"] = idx.to(device)
+    ep, smf = case.get("simulated_ep", 1), case.get("sm_first", False)
+    if variant == "grouped-place":
+        plan = routing_details._split_plan(T, E, k, ep, 4, 2, 2, 3, 1)
+        assert plan.n_parts > 3 and plan.n_place_programs < plan.n_parts
+    elif variant == "small-place-steps":
+        plan = dataclasses.replace(routing_details._split_plan(T, E, k, ep, 8, 2, 2, 2, 1), place_rows=4)
+    else:
+        plan = routing_details.make_routing_plan(T, E, k, ep, smf, 4, 1 << 30)
+        assert plan.fused
+        if variant == "fused-tiles-small-steps":
+            plan = dataclasses.replace(plan, block_t=8, place_rows=4)
+        else:
+            assert plan.block_t >= T
+            plan = dataclasses.replace(plan, reg_softmax=variant == "fused-reg-softmax", place_rows=16)
+    monkeypatch.setattr(routing_details, "make_routing_plan", lambda *a, **kw: plan)
+    assert_routing_equal(*run_both(logits, k, **case))
 
 
 def test_routing_all_tokens_on_one_expert(path, device, poisoned_workspace):
@@ -452,20 +495,22 @@ def build(fn, types, consts, num_warps):
 
 ptrs = {"x_ptr": "*bf16", "user_ptr": "*i32", "ws_ptr": "*i32", "n_rows_ptr": "*i64"}
 for user, smf in [(False, False), (True, True)]:
-    consts = dict(K=4, K_PAD=4, E_PAD=128, SM_FIRST=smf, USER_INDX=user, N_ROWS_FROM_PTR=True)
+    consts = dict(K=4, K_PAD=4, E_PAD=128, SM_FIRST=smf, USER_INDX=user, N_ROWS_FROM_PTR=True, PACK32=not user)
     if not user:
         consts["user_ptr"] = None
     build(routing_topk_kernel, ptrs, dict(consts, BLOCK_T=32), 8)
-    for one, bt, nw in [(True, 1, 1), (True, 64, 8), (False, 16, 2)]:
-        build(routing_fused_kernel, ptrs, dict(consts, BLOCK_T=bt, SLOT_BLOCK=256, TILE_BLOCK=32, ONE_TILE=one), nw)
+    for one, bt, nw, reg in [(True, 1, 1, True), (True, 64, 8, False), (True, 64, 8, True), (False, 16, 2, False)]:
+        build(routing_fused_kernel, ptrs, dict(consts, BLOCK_T=bt, PLACE_ROWS=64, TILE_BLOCK=32, ONE_TILE=one,
+                                               REG_SOFTMAX=reg), nw)
     tk = dict(K=4, K_PAD=4, E_PAD=128, BLOCK_T=16, APPLY_SOFTMAX=True, USER_INDX=user, N_ROWS_FROM_PTR=True,
-              WRITE_BITS=user)
+              WRITE_BITS=user, PACK32=user)
     if not user:
         tk["user_ptr"] = None
         tk["bits_ptr"] = None
     build(topk_kernel, {"x_ptr": "*bf16", "user_ptr": "*i32", "vals_ptr": "*bf16", "indx_ptr": "*i16",
                         "bits_ptr": "*u32", "n_rows_ptr": "*i64"}, tk, 8)
-build(routing_place_kernel, {"ws_ptr": "*i32"}, dict(E_PAD=128, PART_ROWS=32, SLOT_BLOCK=512, TILE_BLOCK=32), 4)
+    build(routing_place_kernel, {"ws_ptr": "*i32"}, dict(K=4, K_PAD=4, E_PAD=128, PART_ROWS=32, PLACE_ROWS=128,
+                                                         TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user), 4)
 build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
 print("compiled")
 """

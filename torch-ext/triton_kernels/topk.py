@@ -94,6 +94,7 @@ def topk(x, k, apply_softmax=True, dim=1, return_bitmatrix=True, y_indx=None, n_
         n_tokens, n_expts, n_tokens if n_rows_checked is None or from_ptr else n_rows_checked, cfg.n_iter,
         K=k, K_PAD=cfg.k_pad, E_PAD=cfg.e_pad, BLOCK_T=cfg.block_t,
         APPLY_SOFTMAX=apply_softmax, USER_INDX=y_indx is not None,
-        N_ROWS_FROM_PTR=from_ptr, WRITE_BITS=return_bitmatrix, num_warps=cfg.num_warps,
+        N_ROWS_FROM_PTR=from_ptr, WRITE_BITS=return_bitmatrix, PACK32=x.dtype != torch.float32,
+        num_warps=cfg.num_warps,
     )
     return values, indices, bitmatrix

@@ -87,18 +87,26 @@ class RoutingPlan:
     fused: bool
     e_pad: int
     k_pad: int
-    block_t: int
+    block_t: int  # rows per top-k tile
     n_iter: int  # split path: row tiles per top-k program
     n_parts: int  # split path: top-k programs (1 when fused)
     num_warps: int  # fused kernel, or the split path's top-k kernel
-    slots_per_part: int
-    slot_block: int
-    part_rows: int
-    tile_block: int
+    rows_per_part: int  # rows of one top-k program (block_t * n_iter)
+    parts_per_place: int  # split path: top-k programs' rows placed by one placement program
     n_place_programs: int
+    place_rows: int  # rows per `_place_rows` step
+    part_rows: int  # counts rows per load in the placement kernel
+    tile_block: int
+    reg_softmax: bool  # fused, one tile: softmax in registers (else after a scratch round trip)
     sizes: tuple[int, ...]
     total: int
     place_warps: int = 4
+
+
+# Elements of the [block_t, E] logits tile per thread in the split path's top-k kernel: small, so
+# that the per-tile latency chain is short and many warps are resident (measured on the H100).
+SPLIT_KEYS_PER_THREAD = 16
+SPLIT_MAX_WARPS = 16
 
 
 @functools.lru_cache(maxsize=256)
@@ -117,21 +125,37 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
         block_t = one_tile if single else block_t
         n_keys = block_t * e_pad
         num_warps = 1 if n_keys <= 256 else 4 if n_keys <= 1024 else 8
+        place_rows = max(1, min(_next_pow2(max(n_tokens, 1)), 32 * num_warps))
         sizes = _layout(n_slots, n_local, 1, e_pad)
-        return RoutingPlan(True, e_pad, k_pad, block_t, 1, 1, num_warps, n_slots,
-                           max(16, min(1024, _next_pow2(n_slots))), 1, _map_block(e_pad, num_warps), 1, sizes,
-                           sum(sizes))
-    # measured on the H100: more, smaller programs pay at E = 128 (the top-k tiles are latency-bound)
-    target = 2 * target_programs if e_pad >= 128 else target_programs
-    n_iter = max(1, triton.cdiv(n_tiles, max(1, target)))
-    n_parts = triton.cdiv(n_tiles, n_iter)
-    slots_per_part = block_t * n_iter * k
-    sizes = _layout(n_slots, n_local, n_parts, e_pad)
-    return RoutingPlan(
-        False, e_pad, k_pad, block_t, n_iter, n_parts, 4 if e_pad >= 128 else 8, slots_per_part,
-        max(16, min(1024, _next_pow2(slots_per_part))),
-        max(1, min(_next_pow2(n_parts), 4096 // e_pad)), _map_block(e_pad, 4 if e_pad >= 128 else 8),
-        max(n_parts, 1), sizes, sum(sizes))
+        return RoutingPlan(True, e_pad, k_pad, block_t, 1, 1, num_warps, block_t, 1, 1, place_rows, 1,
+                           _map_block(e_pad, num_warps), block_t <= 2 * num_warps, sizes, sum(sizes))
+    # split: about target_programs top-k programs of at most SPLIT_MAX_WARPS warps, each tile
+    # holding SPLIT_KEYS_PER_THREAD keys per thread
+    per_thread = SPLIT_KEYS_PER_THREAD * (2 if sm_first else 1)
+    rows_wanted = _next_pow2(triton.cdiv(n_tokens, max(1, target_programs)))
+    max_rows = max(1, 32 * SPLIT_MAX_WARPS * SPLIT_KEYS_PER_THREAD // (e_pad * (2 if sm_first else 1)))
+    block_t = max(1, min(rows_wanted, max_rows, 8192 // (k_pad * k_pad)))
+    num_warps = max(1, min(SPLIT_MAX_WARPS, block_t * e_pad // (32 * per_thread)))
+    n_tiles = triton.cdiv(n_tokens, block_t)
+    n_iter = max(1, triton.cdiv(n_tiles, max(1, target_programs)))
+    return _split_plan(n_tokens, n_expts, k, simulated_ep, block_t, n_iter, num_warps, 1, 4)
+
+
+def _split_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, block_t: int, n_iter: int,
+                num_warps: int, parts_per_place: int, place_warps: int) -> RoutingPlan:
+    """The split path's plan for a given top-k tiling and placement grouping (also used to sweep)."""
+    e_pad = max(32, _next_pow2(n_expts))
+    k_pad = _next_pow2(k)
+    n_local = n_expts // simulated_ep
+    n_parts = triton.cdiv(triton.cdiv(n_tokens, block_t), n_iter)
+    rows_per_part = block_t * n_iter
+    n_place = triton.cdiv(n_parts, parts_per_place)
+    place_rows = max(1, min(_next_pow2(rows_per_part), 32 * place_warps))
+    part_rows = max(1, min(_next_pow2(n_parts), 32 * 32 * place_warps // e_pad))
+    sizes = _layout(n_tokens * k, n_local, n_parts, e_pad)
+    return RoutingPlan(False, e_pad, k_pad, block_t, n_iter, n_parts, num_warps, rows_per_part, parts_per_place,
+                       n_place, place_rows, part_rows, _map_block(e_pad, place_warps), False, sizes, sum(sizes),
+                       place_warps)
 
 
 def _aligned(t) -> bool:
@@ -180,20 +204,22 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
     # what Triton specializes on besides the constexprs (see `_launch`)
     spec = (dev.index, logits.dtype, sx0, sx1, _aligned(logits), expt_indx.dtype if user else None, stride_ut,
             _aligned(expt_indx), n_rows.dtype if from_ptr else None, _aligned(n_rows_ptr))
+    pack32 = logits.dtype != torch.float32
     if plan.fused:
-        consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.slot_block, plan.tile_block, sm_first, user,
-                  from_ptr, plan.block_t >= n_tokens)
+        consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.place_rows, plan.tile_block, sm_first, user,
+                  from_ptr, plan.block_t >= n_tokens, plan.reg_softmax, pack32)
         _launch(routing_fused_kernel, 1, ("fused", consts, plan.num_warps) + spec,
                 (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val),
                 consts, plan.num_warps, dev)
     else:
-        consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr)
+        consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr, pack32)
         _launch(routing_topk_kernel, plan.n_parts, ("topk", consts, plan.num_warps) + spec,
                 (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
                  plan.n_iter), consts, plan.num_warps, dev)
-        consts = (plan.e_pad, plan.part_rows, plan.slot_block, plan.tile_block)
+        consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block, not sm_first, user)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
-                (ws, plan.n_parts, plan.slots_per_part, n_tokens * k, n_local), consts, plan.place_warps, dev)
+                (ws, plan.n_parts, plan.rows_per_part, plan.parts_per_place, n_tokens, n_local), consts,
+                plan.place_warps, dev)
     (topk_indx, gate_indx, gate_scal, hist, raw, p16, p32, p64, p128, m16, m32, m64, m128,
      _scratch) = ws.split_with_sizes(plan.sizes)
     return (gate_scal.view(torch.float32), topk_indx, gate_indx, hist, raw, {16: p16, 32: p32, 64: p64, 128: p128},

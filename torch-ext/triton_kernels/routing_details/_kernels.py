@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from ..topk_details import select_tile
+from ..topk_details._topk_kernel import _softmax_picks
 
 BLOCK_SIZES = (16, 32, 64, 128)
 
@@ -44,25 +45,45 @@ def _ws_layout(n_slots, n_local, n_parts, E_PAD: tl.constexpr):
 
 
 @triton.jit
-def _rank_tile(sel, out_col, slot_ok, counts, in_t, base, dead_base,
-               K: tl.constexpr, K_PAD: tl.constexpr, USER_INDX: tl.constexpr):
-    """Rank of every slot of a row tile in the stable counting sort: for a routed slot of expert
-    e, base[e] + (slots of e in earlier rows of the tile) + (earlier slots of e in its row: user
-    indices may repeat an expert); for a slot that routes nowhere, dead_base + (dead slots before
-    it in slot order within the tile)."""
+def _rank_tile(sel, slot_ok, counts, tag, in_t, base, dead_base,
+               K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, USER_INDX: tl.constexpr):
+    """Rank of every slot of a row tile ([BLOCK_T, K_PAD], in pick order like `sel`) in the stable
+    counting sort: for a routed slot of expert e, base[e] + (slots of e in earlier rows of the tile)
+    (+ earlier slots of e in its own row: user indices may repeat an expert). Per pick j that is one
+    masked row sum of the column prefix over the tile's rows (`tag` marks the column pick j took);
+    the prefix is a [BLOCK_T, BLOCK_T] x [BLOCK_T, E_PAD] matmul on the tensor cores (exact: 0/1 and
+    small counts in float16, sums below 2^24 in float32) where BLOCK_T >= 16, else a cumsum.
+    Slots that route nowhere: with user indices, dead_base + (dead slots before it in slot order
+    within the tile); otherwise whole rows are dead and their rank is unused (they stay at their
+    own slot index). Also returns the tile's per-expert counts and its number of dead slots."""
+    cols = tl.arange(0, E_PAD)
     kk = tl.arange(0, K_PAD)
-    before = tl.cumsum(counts, axis=0) - counts + base[None, :]
-    rank = tl.gather(before, tl.where(slot_ok, sel, 0), 1)
-    dead = (in_t[:, None] & (kk[None, :] < K) & ~slot_ok).to(tl.int32)
+    if sel.shape[0] >= 16:  # the column prefix as one small matmul: strictly-lower-triangular ones @ counts
+        r = tl.arange(0, sel.shape[0])
+        lower = (r[None, :] < r[:, None]).to(tl.float16)
+        before = tl.dot(lower, counts.to(tl.float16), out_dtype=tl.float32).to(tl.int32) + base[None, :]
+    else:
+        before = tl.cumsum(counts, axis=0) - counts + base[None, :]
+    rank = tl.zeros(sel.shape, dtype=tl.int32)
+    if not USER_INDX:  # one tensor (one layout conversion after the matmul): prefix * 64 + pick + 1
+        before = before * 64 + (tag + 1)
+    for j in tl.static_range(K):
+        if USER_INDX:
+            e_j = tl.sum(tl.where(kk[None, :] == j, tl.where(slot_ok, sel, -1), 0), axis=1)
+            r_j = tl.sum(tl.where(cols[None, :] == e_j[:, None], before, 0), axis=1)
+        else:
+            r_j = tl.sum(tl.where((before & 63) == j + 1, before, 0), axis=1) >> 6
+        rank = tl.where(kk[None, :] == j, r_j[:, None], rank)
     if USER_INDX:
         same = (sel[:, None, :] == sel[:, :, None]) & slot_ok[:, None, :] & (kk[None, None, :] < kk[None, :, None])
         rank += tl.sum(same.to(tl.int32), axis=2)
-        in_row = tl.cumsum(dead, axis=1) - dead  # out_col is j here
+        dead = (in_t[:, None] & (kk[None, :] < K) & ~slot_ok).to(tl.int32)
+        in_row = tl.cumsum(dead, axis=1) - dead  # user slots keep their column j
+        n_dead_row = tl.sum(dead, axis=1)
+        dead_rank = dead_base + (tl.cumsum(n_dead_row, axis=0) - n_dead_row)[:, None] + in_row
+        return tl.where(slot_ok, rank, dead_rank), tl.sum(counts, axis=0), tl.sum(n_dead_row, axis=0)
     else:
-        in_row = out_col  # a row is dead as a whole
-    n_dead_row = tl.sum(dead, axis=1)
-    dead_rank = dead_base + (tl.cumsum(n_dead_row, axis=0) - n_dead_row)[:, None] + in_row
-    return tl.where(slot_ok, rank, dead_rank), tl.sum(counts, axis=0), tl.sum(n_dead_row, axis=0)
+        return rank, tl.sum(counts, axis=0), dead_base * 0
 
 
 @triton.jit
@@ -140,14 +161,35 @@ def _store_placed(ws_ptr, pos, slot, is_local, w, live, gate, scal):
 
 
 @triton.jit
-def _place(ws_ptr, expt_o, rank_o, w_o, slot, live, base, dead_base, gate, scal, n_local):
-    """Read a block of slots' expert, rank and weight back from the scratch and store them at their
-    sorted positions. expt -1: routes nowhere (placed after every routed slot)."""
+def _place_rows(ws_ptr, row0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
+                ROWS: tl.constexpr, K: tl.constexpr, K_PAD: tl.constexpr, SOFTMAX: tl.constexpr,
+                USER_INDX: tl.constexpr, RANK_IS_POS: tl.constexpr):
+    """Rows [row0, min(row0 + ROWS, row_end)): read their slots' expert (-1: routes nowhere), rank
+    and value back from the scratch as [ROWS, K_PAD] (a row's slots in one thread), take the
+    softmax over each row's routed slots (SOFTMAX; float64, as `routing_torch`), and store every
+    slot at its sorted position: base[e] + rank when routed, else dead_base + rank (user indices)
+    or the slot itself (dead rows: they sort after all routed slots, in slot order). RANK_IS_POS:
+    the rank already is the position."""
+    rows = row0 + tl.arange(0, ROWS)
+    kk = tl.arange(0, K_PAD)
+    slot = rows[:, None] * K + kk[None, :]
+    live = (rows < row_end)[:, None] & (kk[None, :] < K)
     expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
     rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
-    w = tl.load(ws_ptr + w_o + slot, mask=live, other=0).to(tl.float32, bitcast=True)
+    v = tl.load(ws_ptr + w_o + slot, mask=live, other=0).to(tl.float32, bitcast=True)
     routed = expt >= 0
-    pos = tl.where(routed, tl.gather(base, tl.where(routed, expt, 0), 0) + rank, dead_base + rank)
+    if RANK_IS_POS:
+        pos = rank
+    else:
+        start = tl.reshape(tl.gather(base, tl.reshape(tl.where(routed, expt, 0), [ROWS * K_PAD]), 0), [ROWS, K_PAD])
+        if USER_INDX:
+            pos = tl.where(routed, start + rank, dead_base + rank)
+        else:
+            pos = tl.where(routed, start + rank, slot)
+    if SOFTMAX:
+        w = _softmax_picks(v, routed)
+    else:
+        w = v
     _store_placed(ws_ptr, pos, slot, routed & (expt < n_local), w, live, gate, scal)
 
 
@@ -155,7 +197,8 @@ def _place(ws_ptr, expt_o, rank_o, w_o, slot, live, base, dead_base, gate, scal,
 def _store_slots(ws_ptr, expt_o, rank_o, w_o, rows, out_col, in_t, slot_ok, sel, rank, w,
                  K: tl.constexpr, K_PAD: tl.constexpr):
     """A row tile's slot arrays (slot = row*K + its output column): expert (-1 where the slot routes
-    nowhere), rank within the expert, and the gate weight's bits."""
+    nowhere), rank, and the value's bits (weight, or the picked logit when the softmax is left to
+    `_place_rows`)."""
     slot = rows[:, None] * K + out_col
     live = in_t[:, None] & (tl.arange(0, K_PAD)[None, :] < K)
     tl.store(ws_ptr + expt_o + slot, tl.where(slot_ok, sel, -1), mask=live)
@@ -168,10 +211,13 @@ def routing_fused_kernel(
     x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, ws_ptr, n_rows_ptr,
     n_tokens, n_expts, n_local, n_rows_val,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-    SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
+    PLACE_ROWS: tl.constexpr, TILE_BLOCK: tl.constexpr,
     SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr, ONE_TILE: tl.constexpr,
+    REG_SOFTMAX: tl.constexpr, PACK32: tl.constexpr,
 ):
-    """Everything in one program (small T): top-k, ranks, placement, ExptData."""
+    """Everything in one program (small T): top-k, ranks, placement, ExptData. REG_SOFTMAX (one
+    tile only): the softmax on the [BLOCK_T, K_PAD] picks in registers (replicated over the lanes
+    that share a row), else in `_place_rows` after a round trip through the scratch."""
     n_slots = n_tokens * K
     gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, 1, E_PAD)
@@ -179,37 +225,47 @@ def routing_fused_kernel(
         n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
     else:
         n_valid_rows = n_rows_val
+    kk = tl.arange(0, K_PAD)
     if ONE_TILE:  # all rows in one tile: positions straight from registers
         rows = tl.arange(0, BLOCK_T)
-        sel, out_col, w, slot_ok, counts, in_t = select_tile(
+        sel, out_col, w, slot_ok, counts, tag, in_t = select_tile(
             x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
-            K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
+            K, K_PAD, E_PAD, REG_SOFTMAX, SM_FIRST, USER_INDX, PACK32)
         totals = tl.sum(counts, axis=0)
         n_routed = tl.sum(totals, axis=0)
-        pos, _t, _d = _rank_tile(sel, out_col, slot_ok, counts, in_t, tl.cumsum(totals, axis=0) - totals,
-                                 n_routed, K, K_PAD, USER_INDX)
-        _store_placed(ws_ptr, pos, rows[:, None] * K + out_col, slot_ok & (sel < n_local), w,
-                      in_t[:, None] & (tl.arange(0, K_PAD)[None, :] < K), gate, scal)
-    else:  # several tiles: ranks to scratch, then a placement pass over all slots
+        pos, _t, _d = _rank_tile(sel, slot_ok, counts, tag, in_t, tl.cumsum(totals, axis=0) - totals, n_routed,
+                                 K, K_PAD, E_PAD, USER_INDX)
+        slot = rows[:, None] * K + out_col
+        if not USER_INDX:
+            pos = tl.where(slot_ok, pos, slot)
+        if REG_SOFTMAX or SM_FIRST:
+            _store_placed(ws_ptr, pos, slot, slot_ok & (sel < n_local), w,
+                          in_t[:, None] & (kk[None, :] < K), gate, scal)
+        else:
+            _store_slots(ws_ptr, expt_o, rank_o, w_o, rows, out_col, in_t, slot_ok, sel, pos, w, K, K_PAD)
+            tl.debug_barrier()  # the scratch written above is read back by other threads of this program
+            for r0 in range(0, n_tokens, PLACE_ROWS):
+                _place_rows(ws_ptr, r0, n_tokens, totals, 0, expt_o, rank_o, w_o, gate, scal, n_local,
+                            PLACE_ROWS, K, K_PAD, True, USER_INDX, True)
+    else:  # several tiles: ranks to scratch, then a placement pass over all rows
         totals = tl.zeros([E_PAD], dtype=tl.int32)
         n_dead = n_tokens * 0
         for r0 in range(0, n_tokens, BLOCK_T):
             rows = r0 + tl.arange(0, BLOCK_T)
-            sel, out_col, w, slot_ok, counts, in_t = select_tile(
+            sel, out_col, w, slot_ok, counts, tag, in_t = select_tile(
                 x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
-                K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
-            rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
-                                                      K, K_PAD, USER_INDX)
+                K, K_PAD, E_PAD, False, SM_FIRST, USER_INDX, PACK32)
+            rank, tile_counts, tile_dead = _rank_tile(sel, slot_ok, counts, tag, in_t, totals, n_dead,
+                                                      K, K_PAD, E_PAD, USER_INDX)
             _store_slots(ws_ptr, expt_o, rank_o, w_o, rows, out_col, in_t, slot_ok, sel, rank, w, K, K_PAD)
             totals += tile_counts
             n_dead += tile_dead
         tl.debug_barrier()  # the scratch written above is read back by other threads of this program
-        base = tl.cumsum(totals, axis=0) - totals
+        start = tl.cumsum(totals, axis=0) - totals
         n_routed = tl.sum(totals, axis=0)
-        lanes = tl.arange(0, SLOT_BLOCK)
-        for c0 in range(0, n_slots, SLOT_BLOCK):
-            slot = c0 + lanes
-            _place(ws_ptr, expt_o, rank_o, w_o, slot, slot < n_slots, base, n_routed, gate, scal, n_local)
+        for r0 in range(0, n_tokens, PLACE_ROWS):
+            _place_rows(ws_ptr, r0, n_tokens, start, n_routed, expt_o, rank_o, w_o, gate, scal, n_local,
+                        PLACE_ROWS, K, K_PAD, not SM_FIRST, USER_INDX, False)
     cols = tl.arange(0, E_PAD)
     _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
                      ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1,
@@ -221,10 +277,11 @@ def routing_topk_kernel(
     x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, ws_ptr, n_rows_ptr,
     n_tokens, n_expts, n_local, n_rows_val, n_iter,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-    SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr,
+    SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr,
 ):
     """Launch 1 of 2: program p takes n_iter row tiles; per slot it writes the expert (-1: nowhere),
-    the weight and the rank within the program; then its counts row and dead-slot count."""
+    the picked logit (the weight with SM_FIRST) and the rank within the program; then its counts
+    row (and, with user indices, its dead-slot count)."""
     pid = tl.program_id(0)
     n_parts = tl.num_programs(0)
     n_slots = n_tokens * K
@@ -238,48 +295,58 @@ def routing_topk_kernel(
     n_dead = n_tokens * 0
     for it in range(n_iter):
         rows = (pid * n_iter + it) * BLOCK_T + tl.arange(0, BLOCK_T)
-        sel, out_col, w, slot_ok, counts, in_t = select_tile(
+        sel, out_col, w, slot_ok, counts, tag, in_t = select_tile(
             x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
-            K, K_PAD, E_PAD, not SM_FIRST, SM_FIRST, USER_INDX)
-        rank, tile_counts, tile_dead = _rank_tile(sel, out_col, slot_ok, counts, in_t, totals, n_dead,
-                                                  K, K_PAD, USER_INDX)
+            K, K_PAD, E_PAD, False, SM_FIRST, USER_INDX, PACK32)
+        rank, tile_counts, tile_dead = _rank_tile(sel, slot_ok, counts, tag, in_t, totals, n_dead,
+                                                  K, K_PAD, E_PAD, USER_INDX)
         _store_slots(ws_ptr, expt_o, rank_o, w_o, rows, out_col, in_t, slot_ok, sel, rank, w, K, K_PAD)
         totals += tile_counts
         n_dead += tile_dead
     tl.store(ws_ptr + part_o + pid * E_PAD + tl.arange(0, E_PAD), totals)
-    tl.store(ws_ptr + dead_o + pid, n_dead)
+    if USER_INDX:
+        tl.store(ws_ptr + dead_o + pid, n_dead)
 
 
-@triton.jit(do_not_specialize=["n_parts", "slots_per_part", "n_slots", "n_local"])
+@triton.jit(do_not_specialize=["n_parts", "rows_per_part", "parts_per_prog", "n_tokens", "n_local"])
 def routing_place_kernel(
-    ws_ptr, n_parts, slots_per_part, n_slots, n_local,
-    E_PAD: tl.constexpr, PART_ROWS: tl.constexpr, SLOT_BLOCK: tl.constexpr, TILE_BLOCK: tl.constexpr,
+    ws_ptr, n_parts, rows_per_part, parts_per_prog, n_tokens, n_local,
+    K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, PART_ROWS: tl.constexpr,
+    PLACE_ROWS: tl.constexpr, TILE_BLOCK: tl.constexpr, SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr,
 ):
-    """Launch 2 of 2: totals and per-program prefixes from the counts rows, every slot to its
-    sorted position (no sort: the ranks are known), then ExptData shared by all programs."""
+    """Launch 2 of 2: program q places the rows of top-k programs [q * parts_per_prog, ...): totals
+    and the prefix before its first part from the counts rows, then every slot to its sorted
+    position (no sort: the ranks are known) with the softmax of its row; then ExptData shared by
+    all programs."""
     pid = tl.program_id(0)
+    n_slots = n_tokens * K
     gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, n_parts, E_PAD)
     cols = tl.arange(0, E_PAD)
-    totals = tl.zeros([E_PAD], dtype=tl.int32)
-    before = tl.zeros([E_PAD], dtype=tl.int32)
+    p0 = pid * parts_per_prog
+    acc_all = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
+    acc_before = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
     dead_before = n_parts * 0
     for r0 in range(0, n_parts, PART_ROWS):
         r = r0 + tl.arange(0, PART_ROWS)
         tile = tl.load(ws_ptr + part_o + r[:, None] * E_PAD + cols[None, :], mask=r[:, None] < n_parts, other=0)
-        totals += tl.sum(tile, axis=0)
-        before += tl.sum(tl.where(r[:, None] < pid, tile, 0), axis=0)
-        dead = tl.load(ws_ptr + dead_o + r, mask=(r < pid) & (r < n_parts), other=0)
-        dead_before += tl.sum(dead, axis=0)
+        acc_all += tile
+        acc_before += tl.where(r[:, None] < p0, tile, 0)
+        if USER_INDX:
+            dead = tl.load(ws_ptr + dead_o + r, mask=(r < p0) & (r < n_parts), other=0)
+            dead_before += tl.sum(dead, axis=0)
+    totals = tl.sum(acc_all, axis=0)
     n_routed = tl.sum(totals, axis=0)
-    if pid < n_parts:
-        base = tl.cumsum(totals, axis=0) - totals + before
-        lanes = tl.arange(0, SLOT_BLOCK)
-        slot0 = pid * slots_per_part
-        for c0 in range(0, slots_per_part, SLOT_BLOCK):
-            slot = slot0 + c0 + lanes
-            live = (c0 + lanes < slots_per_part) & (slot < n_slots)
-            _place(ws_ptr, expt_o, rank_o, w_o, slot, live, base, n_routed + dead_before, gate, scal, n_local)
+    base = tl.cumsum(totals, axis=0) - totals + tl.sum(acc_before, axis=0)
+    dead_base = n_routed + dead_before
+    for p in range(p0, tl.minimum(p0 + parts_per_prog, n_parts)):
+        row_end = tl.minimum(p * rows_per_part + rows_per_part, n_tokens)
+        for r0 in range(p * rows_per_part, row_end, PLACE_ROWS):
+            _place_rows(ws_ptr, r0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
+                        PLACE_ROWS, K, K_PAD, SOFTMAX, USER_INDX, False)
+        base += tl.load(ws_ptr + part_o + p * E_PAD + cols)
+        if USER_INDX:
+            dead_base += tl.load(ws_ptr + dead_o + p)
     _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
                      ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
                      tl.num_programs(0), E_PAD, TILE_BLOCK)

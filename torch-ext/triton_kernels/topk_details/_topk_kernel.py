@@ -13,6 +13,11 @@ MAX_EXPERTS = 1024
 # already, or a padding column) sits under every real key.
 _NAN_ORDER = tl.constexpr(-2147483647)
 _GONE = tl.constexpr(-2147483648)
+_GONE64 = tl.constexpr(-9223372036854775808)
+# Packed pick keys (`_pick_keys`): for 16-bit logits the fp32 order key has its low 13 bits free
+# (bfloat16 and float16 values have at most 11 significant bits), so they hold 8191 - column and
+# one int32 max gives both the largest value and, among equal values, its lowest column. float32
+# logits use int64 keys: order << 16 | (65535 - column). (8191 - c == c ^ 8191 for c < 8192.)
 
 
 @triton.jit
@@ -32,20 +37,55 @@ def _order_to_float(order):
 
 
 @triton.jit
+def _pick_keys(x, cols, col_ok, PACK32: tl.constexpr):
+    """One integer per element whose order is (value, then lower column first); padding columns
+    get `_GONE` (below every real key). Keys are distinct within a row."""
+    order = _float_order(x)
+    if PACK32:
+        key = (order & -8192) | (cols[None, :] ^ 8191)
+        return tl.where(col_ok[None, :], key, _GONE)
+    else:
+        key = (order.to(tl.int64) << 16) | (cols[None, :] ^ 65535).to(tl.int64)
+        return tl.where(col_ok[None, :], key, _GONE64)
+
+
+@triton.jit
+def _key_column(key, PACK32: tl.constexpr):
+    if PACK32:
+        return (key & 8191) ^ 8191
+    else:
+        return (key & 65535).to(tl.int32) ^ 65535
+
+
+@triton.jit
+def _key_value(key, PACK32: tl.constexpr):
+    """The fp32 logit a key was made from (-0.0 reads +0.0; NaN reads a NaN)."""
+    if PACK32:  # negative orders had all-ones low bits (the sign flip of zero mantissa bits)
+        order = tl.where(key < 0, key | 8191, key & -8192)
+    else:
+        order = (key >> 16).to(tl.int32)
+    return _order_to_float(order)
+
+
+@triton.jit
 def select_tile(x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
                 K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
-                APPLY_SOFTMAX: tl.constexpr, SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr):
+                APPLY_SOFTMAX: tl.constexpr, SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr,
+                PACK32: tl.constexpr):
     """Top-k of the rows `rows` ([BLOCK_T]); returns, per (row, pick j) [BLOCK_T, K_PAD]:
     the expert `sel` (meaningful where `slot_ok`), the output column `out_col` (the pick's rank by
-    expert id; j itself for user indices), the weight `w` (float32, 0 where not `slot_ok`),
-    `slot_ok`; and per row: `counts` [BLOCK_T, E_PAD] (slots of the row routed to each expert)
-    and `in_t` (row < n_tokens)."""
+    expert id; j itself for user indices), the weight `w` (float32, 0 where not `slot_ok`; the
+    picked logit itself when neither APPLY_SOFTMAX nor SM_FIRST), `slot_ok`; per element
+    [BLOCK_T, E_PAD]: `counts` (slots of the row routed to that expert) and `tag` (the pick j that
+    took the element, -1 if none; not filled for user indices); and per row `in_t` (row < n_tokens).
+    PACK32: the logits are 16-bit floats (int32 pick keys instead of int64)."""
     cols = tl.arange(0, E_PAD)
     kk = tl.arange(0, K_PAD)
     col_ok = cols < n_expts
     in_t = rows < n_tokens
     row_ok = in_t & (rows < n_valid_rows)
     rows64 = rows.to(tl.int64)
+    tag = tl.full([rows.shape[0], E_PAD], -1, tl.int32)
     if SM_FIRST or not USER_INDX:
         x = tl.load(x_ptr + rows64[:, None] * stride_xt + cols[None, :] * stride_xe,
                     mask=in_t[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
@@ -62,19 +102,22 @@ def select_tile(x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens
             counts += ((cols[None, :] == e_j[:, None]) & col_ok[None, :]).to(tl.int32)
         out_col = kk[None, :] + tl.zeros([rows.shape[0], K_PAD], dtype=tl.int32)
     else:
-        # two int32 reductions per pick: the best order key, then its lowest column
-        keys = tl.where(col_ok[None, :], _float_order(x), _GONE)
-        sel = tl.zeros([rows.shape[0], K_PAD], dtype=tl.int32)
-        order = tl.zeros([rows.shape[0], K_PAD], dtype=tl.int32)
+        # one max per pick: keys are distinct, so the best one marks exactly one column
+        keys = _pick_keys(x, cols, col_ok, PACK32)
+        bests = tl.zeros([rows.shape[0], K_PAD], dtype=keys.dtype)
         for j in tl.static_range(K):
             best = tl.max(keys, axis=1)
-            col = tl.min(tl.where(keys == best[:, None], cols[None, :], E_PAD), axis=1)
-            keys = tl.where(cols[None, :] == col[:, None], _GONE, keys)
-            sel = tl.where(kk[None, :] == j, col[:, None], sel)
-            order = tl.where(kk[None, :] == j, best[:, None], order)
-        picked = _order_to_float(order)
+            hit = keys == best[:, None]
+            if PACK32:
+                keys = tl.where(hit, _GONE, keys)
+            else:
+                keys = tl.where(hit, _GONE64, keys)
+            tag = tl.where(hit, j, tag)
+            bests = tl.where(kk[None, :] == j, best[:, None], bests)
+        sel = _key_column(bests, PACK32)
+        picked = _key_value(bests, PACK32)
         slot_ok = row_ok[:, None] & (kk[None, :] < K)
-        counts = ((keys == _GONE) & col_ok[None, :] & row_ok[:, None]).to(tl.int32)
+        counts = ((tag >= 0) & row_ok[:, None]).to(tl.int32)
         # rank of each pick among the row's picks by expert id -> its output column
         earlier = (sel[:, None, :] < sel[:, :, None]) & (kk[None, None, :] < K)
         out_col = tl.sum(earlier.to(tl.int32), axis=2)
@@ -85,18 +128,25 @@ def select_tile(x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens
         denom = tl.sum(tl.exp(xr - row_max[:, None]), axis=1)
         w = tl.exp(picked.to(tl.float64) - row_max[:, None]) / denom[:, None]
     elif APPLY_SOFTMAX:
-        pv = tl.where(slot_ok, picked.to(tl.float64), float("-inf"))
-        pmax = tl.max(pv, axis=1)
-        # rows with no valid slot get weights 0, not NaN (-inf or +inf picks still give NaN, as in torch)
-        any_ok = tl.sum(slot_ok.to(tl.int32), axis=1) > 0
-        pmax = tl.where(any_ok, pmax, 0.0)
-        num = tl.where(slot_ok, tl.exp(pv - pmax[:, None]), 0.0)
-        denom = tl.sum(num, axis=1)
-        w = num / tl.where(any_ok, denom, 1.0)[:, None]
+        w = _softmax_picks(picked, slot_ok)
     else:
         w = picked
     w = tl.where(slot_ok, w.to(tl.float32), 0.0)
-    return sel, out_col, w, slot_ok, counts, in_t
+    return sel, out_col, w, slot_ok, counts, tag, in_t
+
+
+@triton.jit
+def _softmax_picks(picked, slot_ok):
+    """Softmax along axis 1 over the `slot_ok` entries, in float64 (float32 out, 0 elsewhere)."""
+    pv = tl.where(slot_ok, picked.to(tl.float64), float("-inf"))
+    pmax = tl.max(pv, axis=1)
+    # rows with no valid slot get weights 0, not NaN (-inf or +inf picks still give NaN, as in torch)
+    any_ok = tl.sum(slot_ok.to(tl.int32), axis=1) > 0
+    pmax = tl.where(any_ok, pmax, 0.0)
+    num = tl.where(slot_ok, tl.exp(pv - pmax[:, None]), 0.0)
+    denom = tl.sum(num, axis=1)
+    w = num / tl.where(any_ok, denom, 1.0)[:, None]
+    return tl.where(slot_ok, w.to(tl.float32), 0.0)
 
 
 @triton.jit(do_not_specialize=["n_tokens", "n_rows_val", "n_iter"])
@@ -110,7 +160,7 @@ def topk_kernel(
     n_tokens, n_expts, n_rows_val, n_iter,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
     APPLY_SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr,
-    N_ROWS_FROM_PTR: tl.constexpr, WRITE_BITS: tl.constexpr,
+    N_ROWS_FROM_PTR: tl.constexpr, WRITE_BITS: tl.constexpr, PACK32: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, E_PAD)
@@ -121,9 +171,9 @@ def topk_kernel(
         n_valid_rows = n_rows_val
     for it in range(n_iter):
         rows = (pid * n_iter + it) * BLOCK_T + tl.arange(0, BLOCK_T)
-        sel, out_col, w, slot_ok, counts, in_t = select_tile(
+        sel, out_col, w, slot_ok, counts, _tag, in_t = select_tile(
             x_ptr, stride_xt, stride_xe, user_ptr, stride_ut, rows, n_tokens, n_expts, n_valid_rows,
-            K, K_PAD, E_PAD, APPLY_SOFTMAX, False, USER_INDX)
+            K, K_PAD, E_PAD, APPLY_SOFTMAX, False, USER_INDX, PACK32)
         rows64 = rows.to(tl.int64)
         out_at = rows64[:, None] * K + out_col
         out_mask = in_t[:, None] & (kk[None, :] < K)
