@@ -427,6 +427,12 @@ def _scales_at_most_128(scales: torch.Tensor) -> bool:
     return top <= 128
 
 
+def _pdl_ok() -> bool:
+    """Programmatic dependent launch (griddepcontrol): CUDA sm_90+, not the interpreter."""
+    target = target_info.get_target()
+    return not target.interpreter and target.capability is not None and target.capability >= (9, 0)
+
+
 def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
     """Nibble-quads weights (HopperMXValueLayout) are read only by the swapped main loop, in K steps
     of whole 64-value blocks: a config is run swapped, with block_k rounded up to a multiple of 64
@@ -502,7 +508,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         HAS_ALPHA=out_alpha is not None,
         DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p), SPLIT_K=split_k,
+        SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p), SPLIT_K=split_k, PDL=_pdl_ok(),
         MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
     )
     # split partials of a linear epilogue under a scatter are added by the top-k reduce itself
@@ -511,12 +517,14 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     if n_tiles_m and n_tiles_n and p.batch:
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, FINISH_SPLIT=False,
-                                                  LINEAR_SPLITS=linear_splits,
+                                                  LINEAR_SPLITS=linear_splits, launch_pdl=constexprs["PDL"],
                                                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             if not linear_splits:
-                _matmul_ogs_kernel[grid](*launch_args, **constexprs, FINISH_SPLIT=True, num_warps=4, num_stages=1)
+                _matmul_ogs_kernel[grid](*launch_args, **constexprs, FINISH_SPLIT=True, launch_pdl=constexprs["PDL"],
+                                         num_warps=4, num_stages=1)
         else:
-            _matmul_ogs_kernel[grid](*launch_args, **constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            _matmul_ogs_kernel[grid](*launch_args, **constexprs, launch_pdl=constexprs["PDL"],
+                                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if p.scatter is None:
         return out
     y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
@@ -530,7 +538,8 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1), inter.stride(2),
                                   p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
                                   INTERPRETED=target_info.get_target().interpreter,
-                                  BLOCK_T=block_t, BLOCK_N=block_n, N_SPLITS=inter.shape[0], num_warps=4)
+                                  BLOCK_T=block_t, BLOCK_N=block_n, N_SPLITS=inter.shape[0], PDL=_pdl_ok(),
+                                  launch_pdl=_pdl_ok(), num_warps=4)
     return y_out
 
 

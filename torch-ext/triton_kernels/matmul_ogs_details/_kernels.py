@@ -25,6 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
 from ._cast import cast_out
 
 # 2 * |E2M1| for magnitude codes 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6), four bits each, code 0 lowest:
@@ -451,12 +453,18 @@ def _matmul_ogs_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
     FINISH_SPLIT programs add the SPLIT_K partials in a fixed order (deterministic) and run the
     epilogue. With LINEAR_SPLITS (linear epilogue under a scatter) each split applies the epilogue
-    itself and the top-k reduce adds the partials instead (no finishing launch)."""
+    itself and the top-k reduce adds the partials instead (no finishing launch).
+    PDL (programmatic dependent launch, sm_90): the program may start while the previous kernel of
+    the stream is finishing; it waits for that kernel before touching memory, and lets the next
+    kernel start once its own main loop is done."""
+    if PDL:
+        gdc_wait()
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -529,6 +537,8 @@ def _matmul_ogs_kernel(
                             WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
                             offs_n_safe, mask_n, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
                             BLOCK_M, BLOCK_N, BLOCK_K)
+        if PDL:
+            gdc_launch_dependents()
         if SPLIT_K > 1:
             if LINEAR_SPLITS:
                 # the consumer adds the splits (the top-k reduce); the epilogue is linear, so every
@@ -571,13 +581,16 @@ def _topk_reduce_kernel(
     Inter, stride_i_m, stride_i_n,
     SlotToRow, n_tokens, N, stride_i_s,
     N_EXPTS_ACT: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-    N_SPLITS: tl.constexpr = 1,
+    N_SPLITS: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
     """y[t] = sum over j < k (and over the N_SPLITS K-split partials, stride_i_s apart) of
     inter[slot_to_row[t*k + j]], skipping -1 (slot not computed here).
 
     Each output element is summed in a fixed order by one program: deterministic, unlike atomics.
+    PDL: as in _matmul_ogs_kernel (waits for the matmul before reading its rows).
     """
+    if PDL:
+        gdc_wait()
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_t = offs_t < n_tokens
