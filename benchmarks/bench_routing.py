@@ -161,14 +161,24 @@ def plan_summary(n_tokens, n_expts, k) -> dict:
                 place_warps=plan.place_warps, reg_softmax=plan.reg_softmax, workspace_int32=plan.total)
 
 
-def sweep_variants(tp: int) -> dict:
+def sweep_variants(tp: int, focused: bool = False) -> dict:
     """Plan variants per shape: the fused kernel's warps and softmax placement; the split path's
-    top-k tiling (rows per tile, warps, tiles per program) and placement grouping and warps."""
+    top-k tiling (rows per tile, warps, tiles per program) and placement grouping and warps.
+    focused: only the placement knobs around the default plan at E = 128."""
     import dataclasses
     R = dataclasses.replace
     split = routing_details._split_plan
     orig = routing_details.make_routing_plan
     cases = {}
+    if focused:
+        for n_tokens in (4096, 16384):
+            auto = orig(n_tokens, 128, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
+            v = [("auto", auto)]
+            for ppp, pw in ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16)):
+                v.append((f"split bt={auto.block_t} nw={auto.num_warps} it={auto.n_iter} place/{ppp} pw={pw}",
+                          split(n_tokens, 128, TOPK, 1, auto.block_t, auto.n_iter, auto.num_warps, ppp, pw)))
+            cases[(n_tokens, 128)] = v
+        return cases
     for n_tokens, n_expts in ((64, 32), (64, 128), (4096, 32), (4096, 128), (16384, 32), (16384, 128)):
         auto = orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
         v = [("auto", auto)]
@@ -196,12 +206,12 @@ def sweep_variants(tp: int) -> dict:
     return cases
 
 
-def sweep(dtype, reps: int) -> list[dict]:
+def sweep(dtype, reps: int, focused: bool = False) -> list[dict]:
     """Each plan variant is checked against routing_torch, then timed graphed (1 and 16 calls per graph)."""
     orig = routing_details.make_routing_plan
     tp = routing_details._target_programs()
     out = []
-    for (n_tokens, n_expts), variants in sweep_variants(tp).items():
+    for (n_tokens, n_expts), variants in sweep_variants(tp, focused).items():
         logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
         for name, plan in variants:
             routing_details.make_routing_plan = lambda *a, _p=plan, **kw: _p
@@ -241,6 +251,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--sweep", action="store_true", help="also time plan variants (tuning)")
     parser.add_argument("--sweep-only", action="store_true", help="only the variant sweep")
+    parser.add_argument("--sweep-place", action="store_true", help="also time placement variants at E = 128")
     args = parser.parse_args()
     if args.sweep_only:
         swept = sweep(getattr(torch, args.dtype), 100)
@@ -276,7 +287,7 @@ def main() -> int:
                   f"torch {row['torch_us']:.1f} us {problems or ''}", flush=True)
 
     breakdown = kernel_breakdown(max(TOKENS), max(EXPERTS), TOPK, dtype)
-    swept = sweep(dtype, 100) if args.sweep else []
+    swept = sweep(dtype, 100) if args.sweep else sweep(dtype, 100, focused=True) if args.sweep_place else []
     print("\n| T | E | k | check | eager (µs) | graphed (µs) | graphed, 16 per graph (µs) | routing_torch (µs) |"
           " eager ≤ 40 | graphed ≤ 15 |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -103,10 +103,16 @@ class RoutingPlan:
     place_warps: int = 4
 
 
-# Elements of the [block_t, E] logits tile per thread in the split path's top-k kernel: small, so
-# that the per-tile latency chain is short and many warps are resident (measured on the H100).
-SPLIT_KEYS_PER_THREAD = 16
-SPLIT_MAX_WARPS = 16
+# Split path's top-k kernel: keys of the [block_t, E] logits tile per thread and the warp range,
+# from the H100 sweep (bench_routing.py --sweep, 22f36dd): E = 128 was best with 32 keys per thread
+# and 4-8 warps (T=16384: 64-row tiles, 2 per program, 24.0 us vs 27.6 with 16 keys per thread and
+# 16 warps); E = 32 with 8-16 keys per thread and at least 4 warps.
+def _split_keys_per_thread(e_pad: int) -> int:
+    return 32 if e_pad >= 128 else 16
+
+
+SPLIT_MIN_WARPS = 4
+SPLIT_MAX_WARPS = 8
 
 
 @functools.lru_cache(maxsize=256)
@@ -130,12 +136,12 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
         return RoutingPlan(True, e_pad, k_pad, block_t, 1, 1, num_warps, block_t, 1, 1, place_rows, 1,
                            _map_block(e_pad, num_warps), block_t <= 2 * num_warps, sizes, sum(sizes))
     # split: about target_programs top-k programs of at most SPLIT_MAX_WARPS warps, each tile
-    # holding SPLIT_KEYS_PER_THREAD keys per thread
-    per_thread = SPLIT_KEYS_PER_THREAD * (2 if sm_first else 1)
+    # holding `_split_keys_per_thread` keys per thread
+    per_thread = _split_keys_per_thread(e_pad) // (2 if sm_first else 1)
     rows_wanted = _next_pow2(triton.cdiv(n_tokens, max(1, target_programs)))
-    max_rows = max(1, 32 * SPLIT_MAX_WARPS * SPLIT_KEYS_PER_THREAD // (e_pad * (2 if sm_first else 1)))
+    max_rows = max(1, 32 * SPLIT_MAX_WARPS * per_thread // e_pad)
     block_t = max(1, min(rows_wanted, max_rows, 8192 // (k_pad * k_pad)))
-    num_warps = max(1, min(SPLIT_MAX_WARPS, block_t * e_pad // (32 * per_thread)))
+    num_warps = max(SPLIT_MIN_WARPS, min(SPLIT_MAX_WARPS, block_t * e_pad // (32 * per_thread)))
     n_tiles = triton.cdiv(n_tokens, block_t)
     n_iter = max(1, triton.cdiv(n_tiles, max(1, target_programs)))
     return _split_plan(n_tokens, n_expts, k, simulated_ep, block_t, n_iter, num_warps, 1, 4)
@@ -151,7 +157,7 @@ def _split_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, block_t:
     rows_per_part = block_t * n_iter
     n_place = triton.cdiv(n_parts, parts_per_place)
     place_rows = max(1, min(_next_pow2(rows_per_part), 32 * place_warps))
-    part_rows = max(1, min(_next_pow2(n_parts), 32 * 32 * place_warps // e_pad))
+    part_rows = max(1, min(_next_pow2(n_parts), 64 * 32 * place_warps // e_pad))  # 64 counts per thread
     sizes = _layout(n_tokens * k, n_local, n_parts, e_pad)
     return RoutingPlan(False, e_pad, k_pad, block_t, n_iter, n_parts, num_warps, rows_per_part, parts_per_place,
                        n_place, place_rows, part_rows, _map_block(e_pad, place_warps), False, sizes, sum(sizes),
