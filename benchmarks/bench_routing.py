@@ -174,9 +174,11 @@ def sweep_variants(tp: int, focused: bool = False) -> dict:
         for n_tokens in (4096, 16384):
             auto = orig(n_tokens, 128, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
             v = [("auto", auto)]
-            for ppp, pw in ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16)):
-                v.append((f"split bt={auto.block_t} nw={auto.num_warps} it={auto.n_iter} place/{ppp} pw={pw}",
-                          split(n_tokens, 128, TOPK, 1, auto.block_t, auto.n_iter, auto.num_warps, ppp, pw)))
+            for ppp, pw in ((1, 4), (1, 8), (2, 8)):
+                base = split(n_tokens, 128, TOPK, 1, auto.block_t, auto.n_iter, auto.num_warps, ppp, pw)
+                for tb in (4, 8, 32):
+                    v.append((f"split bt={auto.block_t} nw={auto.num_warps} it={auto.n_iter} place/{ppp} pw={pw} "
+                              f"map_block={tb}", R(base, tile_block=tb)))
             cases[(n_tokens, 128)] = v
         return cases
     for n_tokens, n_expts in ((64, 32), (64, 128), (4096, 32), (4096, 128), (16384, 32), (16384, 128)):
