@@ -7,22 +7,28 @@ launch takes one workspace pointer and a few sizes.
 
 The sort is a stable counting sort without any sort network: a slot's sorted position is
 `start[e] + (slots of e in earlier programs) + (its rank among the slots of e in its program)`,
-and that rank is computed with the top-k itself, from a cumsum over the tile's rows of the
-per-row one-hot counts (plus the running counts of earlier tiles). Slots that route nowhere
-(rows at or beyond `n_rows`, user indices outside [0, E)) get the positions after every routed
-slot, in slot order. With `simulated_ep = S`, slots of non-local experts keep their positions
-but read -1 in `topk_indx` and `gate_indx`.
+and that rank is computed with the top-k itself: the prefix over the tile's rows of the per-row
+one-hot counts (a small tensor-core matmul, lower-triangular ones @ counts), read at each pick,
+plus the running counts of earlier tiles. The top-k takes one int32 max per pick (packed value +
+column keys, see `topk_details`). The softmax over a row's picks is taken where the slots are
+placed, on [rows, k] tiles that give each thread whole rows. Rows at or beyond `n_rows` route
+nowhere and sit at their own slot index (after every routed slot, in slot order); user indices
+outside [0, E) route nowhere too and get the positions after every routed slot, in slot order.
+With `simulated_ep = S`, slots of non-local experts keep their positions but read -1 in
+`topk_indx` and `gate_indx`.
 
 Two paths:
 
 * fused (small T, up to `FUSED_MAX_TILES` row tiles): ONE launch, one program. Top-k and ranks
-  per tile; with a single tile the positions come straight from registers, otherwise the tile
-  pass writes (expert, weight, rank) per slot to scratch and a placement pass reads them back;
-  then hist, token_offs_raw/pad and the four block_pid_maps (one pass for all four).
+  per tile; with a single tile the positions come straight from registers (the softmax then runs
+  in registers for tiles of a few rows per warp, else after a round trip through the scratch),
+  otherwise the tile pass writes (expert, picked logit, rank) per slot to scratch and a placement
+  pass reads them back; then hist, token_offs_raw/pad and the four block_pid_maps.
 * split (larger T): launch 1, `routing_topk_kernel`, P programs of `n_iter` row tiles each,
-  writes (expert, weight, rank within the program) per slot and a counts row per program;
+  writes (expert, picked logit, rank within the program) per slot and a counts row per program;
   launch 2, `routing_place_kernel`, sums the P counts rows (totals, and the prefix before each
-  program), stores every slot at its position and shares the ExptData work among its programs.
+  program), stores every slot at its position with its softmax weight and shares the ExptData
+  work among its programs.
 """
 
 from __future__ import annotations
@@ -159,9 +165,11 @@ def _split_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, block_t:
     place_rows = max(1, min(_next_pow2(rows_per_part), 32 * place_warps))
     part_rows = max(1, min(_next_pow2(n_parts), 64 * 32 * place_warps // e_pad))  # 64 counts per thread
     sizes = _layout(n_tokens * k, n_local, n_parts, e_pad)
+    # block_pid_map step: with many placement programs a small one spreads the tiles over them
+    # (measured, H100: 8 instead of 32 at E = 128 took 1.3-1.7 us off T = 4096 and 16384)
+    tile_block = min(8, _map_block(e_pad, place_warps)) if n_place >= 16 else _map_block(e_pad, place_warps)
     return RoutingPlan(False, e_pad, k_pad, block_t, n_iter, n_parts, num_warps, rows_per_part, parts_per_place,
-                       n_place, place_rows, part_rows, _map_block(e_pad, place_warps), False, sizes, sum(sizes),
-                       place_warps)
+                       n_place, place_rows, part_rows, tile_block, False, sizes, sum(sizes), place_warps)
 
 
 def _aligned(t) -> bool:

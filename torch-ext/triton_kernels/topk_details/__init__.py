@@ -5,9 +5,10 @@ One kernel, `_topk_kernel`, reads a [T, E] logits tile per program and, per row:
 1. turns every logit into an int32 order key: the fp32 bit pattern made monotone as a signed
    int (-0.0 is folded onto +0.0 and NaN onto the lowest key), so integer order is torch's
    sort order;
-2. takes k picks, each = the row's largest key (`tl.max`) at its lowest column (`tl.min` over
-   the columns holding it) — exactly `argsort(-x, stable=True)[:, :k]` — and then marks the
-   picked column as gone (a key below every real one);
+2. packs the column into the key's low bits (13 bits for 16-bit logits, whose fp32 keys leave
+   them zero; int64 keys for float32 logits), so each of the k picks is ONE `tl.max` — the
+   largest value at its lowest column, exactly `argsort(-x, stable=True)[:, :k]` — and the
+   picked key (distinct within its row) is then marked as gone (below every real key);
 3. decodes the picked logits from the keys, applies the softmax in float64 (over the k picks,
    or over the whole row for `sm_first`), and ranks the picks by expert id so every row's k
    choices come out sorted by expert;
