@@ -252,3 +252,20 @@ def test_layout_is_exported_as_a_base_class():
     assert L.Layout is Layout and isinstance(StridedLayout(), Layout)
     t = Tensor(torch.zeros(4, 4))
     assert isinstance(t.storage.layout, StridedLayout)
+
+
+def test_hopper_value_layout_stores_nibble_quads():
+    """Inside each 64-value K block, 16-bit little-endian word j holds values j, 16+j, 32+j, 48+j
+    in nibbles 0..3 (checked from the definition, not through quads_order)."""
+    k_bytes, n = 96, 5  # K = 192 values: three blocks (padded storage adds a fourth of zeros)
+    data = random_bytes((k_bytes, n), seed=11)  # [K/2, N], value 2b in the low nibble of byte b
+    layout = HopperMXValueLayout((k_bytes, n), mx_axis=0)
+    swizzled = layout.swizzle_data(data)
+    words = swizzled[:n].to(torch.int32)
+    words = words[:, 0::2] | (words[:, 1::2] << 8)  # [N, K_pad/4] 16-bit words
+    values = torch.stack((data & 15, data >> 4), dim=1).reshape(2 * k_bytes, n).to(torch.int32)  # [K, N]
+    for kv in range(2 * k_bytes):
+        block, q, j = kv // 64, (kv % 64) // 16, kv % 16
+        assert torch.equal((words[:, 16 * block + j] >> (4 * q)) & 15, values[kv]), kv
+    assert int(words[:, 48:].abs().sum()) == 0  # the padding block
+    assert torch.equal(quads_order_inverse(quads_order(data.t().contiguous())), data.t())

@@ -413,6 +413,20 @@ def test_quads_layout_decodes_every_code_exactly(device, scale_values, kdim):
     torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("swap_xw,block_k", [(False, 32), (True, 128)])
+def test_quads_layout_runs_any_config_swapped(device, swap_xw, block_k):
+    """HopperMXValueLayout weights are read only by the swapped loop in 64-value K steps: a config
+    without swap_xw or with block_k 32 still gives the right result (run swapped, block_k 64)."""
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=block_k, group_m=1, num_warps=4, num_stages=1,
+                       swap_xw=swap_xw)
+    out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
+        device, True, False, True, True, "mxfp4", "hopper", kdim=192, n=64, config=cfg)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) <= 1e-2
+    indep = independent_routed(x, w64, bias, expts, gi, si, rd, True, False, True, gammas)
+    assert rel_err(out, indep) <= 1e-2
+
+
 def test_small_scale_check_is_cached_and_sees_in_place_writes():
     from triton_kernels.matmul_ogs import _scales_at_most_128
 
