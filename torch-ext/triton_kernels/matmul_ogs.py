@@ -500,6 +500,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         p.rows, p.n, p.k, p.n_expts_act, n_tiles_m,
         *args,
     )
+    pdl = _pdl_ok()
     constexprs = dict(
         ACT_FN=p.act_fn, N_ACT_ARGS=len(p.act_args), REDUCTION_N=p.reduction_n,
         W_MX=p.ws is not None, W_KG=wa.k_group, WS_KG=sa.k_group if sa else 1,
@@ -508,7 +509,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         HAS_ALPHA=out_alpha is not None,
         DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p), SPLIT_K=split_k, PDL=_pdl_ok(),
+        SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p), SPLIT_K=split_k, PDL=pdl,
         MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
     )
     # split partials of a linear epilogue under a scatter are added by the top-k reduce itself
@@ -517,13 +518,13 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     if n_tiles_m and n_tiles_n and p.batch:
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, FINISH_SPLIT=False,
-                                                  LINEAR_SPLITS=linear_splits, launch_pdl=constexprs["PDL"],
+                                                  LINEAR_SPLITS=linear_splits, launch_pdl=pdl,
                                                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             if not linear_splits:
-                _matmul_ogs_kernel[grid](*launch_args, **constexprs, FINISH_SPLIT=True, launch_pdl=constexprs["PDL"],
+                _matmul_ogs_kernel[grid](*launch_args, **constexprs, FINISH_SPLIT=True, launch_pdl=pdl,
                                          num_warps=4, num_stages=1)
         else:
-            _matmul_ogs_kernel[grid](*launch_args, **constexprs, launch_pdl=constexprs["PDL"],
+            _matmul_ogs_kernel[grid](*launch_args, **constexprs, launch_pdl=pdl,
                                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if p.scatter is None:
         return out
@@ -538,8 +539,8 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1), inter.stride(2),
                                   p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
                                   INTERPRETED=target_info.get_target().interpreter,
-                                  BLOCK_T=block_t, BLOCK_N=block_n, N_SPLITS=inter.shape[0], PDL=_pdl_ok(),
-                                  launch_pdl=_pdl_ok(), num_warps=4)
+                                  BLOCK_T=block_t, BLOCK_N=block_n, N_SPLITS=inter.shape[0], PDL=pdl,
+                                  launch_pdl=pdl, num_warps=4)
     return y_out
 
 

@@ -151,64 +151,36 @@ DECODE_QUADS_PTX_SMALL_SCALES: tl.constexpr = tl.constexpr(5)  # every scale byt
 
 _TWO_POW_126: tl.constexpr = tl.constexpr(8.507059173023462e37)
 
-# One 32-bit word of eight E2M1 nibbles (nibble i = K offset i) -> four bf16x2 registers holding
-# nibbles (j, j+4) for j = 0..3, scaled by the bf16x2 scale pair $5. A pair starts as its two
-# nibbles alone in the low bits of the two 16-bit lanes (an AND, after shifting the word down by
-# 8 for j >= 2, or at bits 4..7 of each lane for odd j); one integer multiply by (1 << 6) + (1 << 12)
-# (odd j: (1 << 2) + (1 << 8)) adds two shifted copies that cannot carry into each other, and the
-# mask 0x81C0 per lane keeps the three magnitude bits at bf16 bits 6..8 (exponent low bits +
-# mantissa top bit) and the sign at bit 15: E2M1 * 2^-126 exactly (0.5 lands on a subnormal). Two
-# bf16x2 FMAs (-0 addend) then multiply by 2^126 and by the scale, both exact.
-_DECODE_PAIRS_PTX: tl.constexpr = tl.constexpr("""
-{
-.reg .b32 t, u, c, nz;
-mov.b32 c, 0x7E807E80;
-mov.b32 nz, 0x80008000;
-shr.u32 u, $4, 8;
-and.b32 t, $4, 0x000F000F;
-mul.lo.u32 t, t, 0x1040;
-and.b32 t, t, 0x81C081C0;
-fma.rn.bf16x2 t, t, c, nz;
-fma.rn.bf16x2 $0, t, $5, nz;
-and.b32 t, $4, 0x00F000F0;
-mul.lo.u32 t, t, 0x104;
-and.b32 t, t, 0x81C081C0;
-fma.rn.bf16x2 t, t, c, nz;
-fma.rn.bf16x2 $1, t, $5, nz;
-and.b32 t, u, 0x000F000F;
-mul.lo.u32 t, t, 0x1040;
-and.b32 t, t, 0x81C081C0;
-fma.rn.bf16x2 t, t, c, nz;
-fma.rn.bf16x2 $2, t, $5, nz;
-and.b32 t, u, 0x00F000F0;
-mul.lo.u32 t, t, 0x104;
-and.b32 t, t, 0x81C081C0;
-fma.rn.bf16x2 t, t, c, nz;
-fma.rn.bf16x2 $3, t, $5, nz;
-}
-""")
-
-
-def _quads_ptx(one_multiply: bool) -> str:
-    """Inline PTX: two 16-bit quads words (the low and high lane of $4) -> four bf16x2 registers, one
-    per nibble q: $q holds value q of both words (K offsets 16q + j and 16q + j + 1 of their 64-value
-    block), scaled by the bf16x2 pair $5 (q = 0, 1: the block's first MX block) or $6 (q = 2, 3: its
-    second). Each pair is placed as in _DECODE_PAIRS_PTX (mask, multiply, mask: E2M1 * 2^-126), then
-    multiplied by 2^126 and by the scale (two FMAs), or, with `one_multiply`, by the pair holding
-    2^(s-1) = 2^126 * 2^(s-127) (one FMA; the host passes that only when every scale is <= 128, where
-    2^(s-1) is a bf16)."""
+def _decode_ptx(scale_regs: tuple[str, ...], one_multiply: bool = False) -> str:
+    """Inline PTX for the bf16x2 decoders: a 32-bit register $4 -> four bf16x2 registers $0..$3,
+    output q holding nibbles q of the two 16-bit lanes (q = 0, 1 from the low byte of each lane,
+    2, 3 from its high byte), scaled by the bf16x2 pair in register scale_regs[q].
+    A pair starts as its two nibbles alone in the low bits of the two 16-bit lanes (an AND, after
+    shifting $4 down by 8 for q >= 2, or at bits 4..7 of each lane for odd q); one integer multiply
+    by (1 << 6) + (1 << 12) (odd q: (1 << 2) + (1 << 8)) adds two shifted copies that cannot carry
+    into each other, and the mask 0x81C0 per lane keeps the three magnitude bits at bf16 bits 6..8
+    (exponent low bits + mantissa top bit) and the sign at bit 15: E2M1 * 2^-126 exactly (0.5 lands
+    on a subnormal). Two bf16x2 FMAs (-0 addend) then multiply by 2^126 and by the scale, both
+    exact; with `one_multiply` the scale pair already holds 2^(s-1) = 2^126 * 2^(s-127) (one FMA;
+    the host asks for it only when every scale is <= 128, where 2^(s-1) is a bf16)."""
     lines = ["{", ".reg .b32 t, u, c, nz;", "mov.b32 c, 0x7E807E80;", "mov.b32 nz, 0x80008000;", "shr.u32 u, $4, 8;"]
     for q in range(4):
         src, mask, mul = ("$4", "u")[q // 2], ("0x000F000F", "0x00F000F0")[q % 2], ("0x1040", "0x104")[q % 2]
         lines += [f"and.b32 t, {src}, {mask};", f"mul.lo.u32 t, t, {mul};", "and.b32 t, t, 0x81C081C0;"]
         if not one_multiply:
             lines.append("fma.rn.bf16x2 t, t, c, nz;")
-        lines.append(f"fma.rn.bf16x2 ${q}, t, ${5 + q // 2}, nz;")
+        lines.append(f"fma.rn.bf16x2 ${q}, t, {scale_regs[q]}, nz;")
     return "\n".join(lines + ["}"])
 
 
-_DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(_quads_ptx(False))
-_DECODE_QUADS_PTX_ONE_FMA: tl.constexpr = tl.constexpr(_quads_ptx(True))
+# One 32-bit word of eight E2M1 nibbles (nibble i = K offset i) -> nibbles (j, j+4) for j = 0..3,
+# all scaled by the pair $5.
+_DECODE_PAIRS_PTX: tl.constexpr = tl.constexpr(_decode_ptx(("$5",) * 4))
+# Two 16-bit quads words (the two lanes of $4) -> value q of both words (K offsets 16q + j and
+# 16q + j + 1 of their 64-value block), scaled by $5 (q = 0, 1: the block's first MX block) or $6
+# (q = 2, 3: its second).
+_DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(_decode_ptx(("$5", "$5", "$6", "$6")))
+_DECODE_QUADS_PTX_ONE_FMA: tl.constexpr = tl.constexpr(_decode_ptx(("$5", "$5", "$6", "$6"), one_multiply=True))
 
 
 @triton.jit
@@ -247,13 +219,19 @@ def _bf16_half(pairs, HIGH: tl.constexpr):
 
 
 @triton.jit
+def _bf16_scale_bits(s):
+    """E8M0 scale bytes -> int32 holding the bf16 bits of 2^(s - 127) (0: the subnormal 2^-127; 255: NaN)."""
+    s = s.to(tl.int32)
+    return tl.where(s == 0, 0x40, tl.where(s == 255, 0x7FC0, s << 7))
+
+
+@triton.jit
 def _decode_words(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """[BLOCK_N, BLOCK_K/8] int32 words (K order: word w, nibble i = K offset 8w + i) and
     [BLOCK_N, BLOCK_K/32] E8M0 scales -> the [BLOCK_N, BLOCK_K] weight tile in out_dtype."""
     words = tl.reshape(words, (BLOCK_N, BLOCK_K // 32, 4))
     if DECODE == DECODE_PTX:
-        sb = s.to(tl.int32)
-        bits = tl.where(sb == 0, 0x40, tl.where(sb == 255, 0x7FC0, sb << 7))  # bf16 2^(s-127); 0: subnormal
+        bits = _bf16_scale_bits(s)
         pair = tl.broadcast_to((bits | (bits << 16))[:, :, None], (BLOCK_N, BLOCK_K // 32, 4))
         p0, p1, p2, p3 = tl.inline_asm_elementwise(
             _DECODE_PAIRS_PTX, "=r,=r,=r,=r,r,r", [words, pair],
@@ -268,13 +246,6 @@ def _decode_words(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
                    _word_value(u, 4, scale, out_dtype), _word_value(u, 5, scale, out_dtype),
                    _word_value(u, 6, scale, out_dtype), _word_value(u, 7, scale, out_dtype))
     return tl.reshape(w, (BLOCK_N, BLOCK_K))
-
-
-@triton.jit
-def _bf16_scale_bits(s):
-    """E8M0 scale bytes -> int32 holding the bf16 bits of 2^(s - 127) (0: the subnormal 2^-127; 255: NaN)."""
-    s = s.to(tl.int32)
-    return tl.where(s == 0, 0x40, tl.where(s == 255, 0x7FC0, s << 7))
 
 
 @triton.jit
@@ -301,7 +272,14 @@ def _decode_quads(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
     moving q above j is a relabelling that matches wgmma's register layout of the left operand,
     so Triton loads the words from shared memory straight into that layout (no conversion of the
     decoded tile; benchmarks/NOTES_matmul_perf.md section 7)."""
-    if DECODE == DECODE_QUADS_PTX or DECODE == DECODE_QUADS_PTX_SMALL_SCALES:
+    if DECODE == DECODE_QUADS:
+        w16 = words.to(tl.int32) & 0xFFFF
+        s_lo, s_hi = _quads_scales(_e8m0(s.to(tl.int32)), BLOCK_N, BLOCK_K)
+        w0 = _quads_value(w16, 0, s_lo, out_dtype)
+        w1 = _quads_value(w16, 1, s_lo, out_dtype)
+        w2 = _quads_value(w16, 2, s_hi, out_dtype)
+        w3 = _quads_value(w16, 3, s_hi, out_dtype)
+    else:  # inline PTX: the general form, or one multiply when every scale is <= 128
         if DECODE == DECODE_QUADS_PTX_SMALL_SCALES:
             asm: tl.constexpr = _DECODE_QUADS_PTX_ONE_FMA
             bits = (s.to(tl.int32) + 126) << 7  # bf16 2^(s - 1)
@@ -313,13 +291,6 @@ def _decode_quads(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
             asm, "=r,=r,=r,=r,r,r,r",
             [words, s_lo.to(tl.int16).to(tl.bfloat16, bitcast=True), s_hi.to(tl.int16).to(tl.bfloat16, bitcast=True)],
             dtype=(tl.bfloat16,) * 4, is_pure=True, pack=2)
-    else:
-        w16 = words.to(tl.int32) & 0xFFFF
-        s_lo, s_hi = _quads_scales(_e8m0(s.to(tl.int32)), BLOCK_N, BLOCK_K)
-        w0 = _quads_value(w16, 0, s_lo, out_dtype)
-        w1 = _quads_value(w16, 1, s_lo, out_dtype)
-        w2 = _quads_value(w16, 2, s_hi, out_dtype)
-        w3 = _quads_value(w16, 3, s_hi, out_dtype)
     w = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [BLOCK_N, BLOCK_K/4, 2, 2]: [.., a, b] = w_(2a+b)
     w = tl.reshape(w, (BLOCK_N, BLOCK_K // 64, 16, 2, 2))  # [n, block, j, a, b]
     return tl.reshape(tl.permute(w, (0, 1, 3, 4, 2)), (BLOCK_N, BLOCK_K))  # K offset 64*block + 16*q + j
@@ -389,8 +360,10 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     still moves the decoded tile through shared memory once to reach wgmma's register layout, see
     benchmarks/NOTES_matmul_perf.md) and N becomes the MMA's M dimension, which
     lets a tile with few rows (decode) still fill a 64-wide wgmma. The weight tile is read as
-    [BLOCK_N, BLOCK_K/2] bytes (K contiguous) or, with DECODE_WORDS / DECODE_PTX, as
-    [BLOCK_N, BLOCK_K/8] 32-bit words (the host checks the layout allows it); nibbles come out in
+    [BLOCK_N, BLOCK_K/2] bytes (K contiguous), with DECODE_WORDS / DECODE_PTX as
+    [BLOCK_N, BLOCK_K/8] 32-bit words (the host checks the layout allows it), or, for the
+    nibble-quads storage of HopperMXValueLayout, as [BLOCK_N, BLOCK_K/4] 16-bit words (the quads
+    decoders, which the host picks for that layout alone; no conversion of the tile); nibbles come out in
     K order, so x needs no de-interleave and one dot covers BLOCK_K. Full K steps run unmasked;
     a K that is not a multiple of BLOCK_K gets one masked tail step.
     """

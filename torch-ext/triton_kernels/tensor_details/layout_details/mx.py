@@ -70,22 +70,26 @@ class _MXLayout(Layout):
 QUADS_BLOCK_BYTES = 32  # one 64-value K block of the nibble-quads order
 
 
+def _transpose_nibbles(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Packed FP4 bytes [..., K'] (value 2b in the low nibble of byte b): every run of rows * cols
+    values, read as a [rows, cols] matrix, transposed."""
+    nib = torch.stack((packed & 15, packed >> 4), dim=-1).reshape(packed.shape[:-1] + (-1, rows, cols))
+    nib = nib.transpose(-1, -2).reshape(packed.shape[:-1] + (-1, 2))
+    return (nib[..., 0] | (nib[..., 1] << 4)).to(packed.dtype)
+
+
 def quads_order(nk: torch.Tensor) -> torch.Tensor:
     """Packed FP4 bytes [..., K'] (K' a multiple of 32; byte b = values 2b | 2b+1 << 4) -> the same
     values in nibble-quads order: in each 32-byte block, 16-bit little-endian word j holds the
-    block's values j, 16 + j, 32 + j, 48 + j in its nibbles 0..3. A kernel that loads word j
-    decodes four values that sit at the same position of four 16-value K slices, so it can feed
-    four MMAs (one per slice) with no register shuffles (see matmul_ogs_details._kernels)."""
-    nib = torch.stack((nk & 15, nk >> 4), dim=-1).reshape(nk.shape[:-1] + (-1, 4, 16))
-    nib = nib.transpose(-1, -2).reshape(nk.shape[:-1] + (-1, 2))  # [..., words * 2 bytes, 2 nibbles]
-    return (nib[..., 0] | (nib[..., 1] << 4)).to(nk.dtype)
+    block's values j, 16 + j, 32 + j, 48 + j in its nibbles 0..3 (the block's 64 values as a
+    [4, 16] matrix, transposed). A kernel that loads word j decodes four values that sit at the
+    same position of four 16-value K slices, elementwise (see matmul_ogs_details._kernels)."""
+    return _transpose_nibbles(nk, 4, 16)
 
 
 def quads_order_inverse(quads: torch.Tensor) -> torch.Tensor:
     """Inverse of `quads_order`."""
-    nib = torch.stack((quads & 15, quads >> 4), dim=-1).reshape(quads.shape[:-1] + (-1, 16, 4))
-    nib = nib.transpose(-1, -2).reshape(quads.shape[:-1] + (-1, 2))
-    return (nib[..., 0] | (nib[..., 1] << 4)).to(quads.dtype)
+    return _transpose_nibbles(quads, 16, 4)
 
 
 class HopperMXValueLayout(_MXLayout):
