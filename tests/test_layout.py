@@ -269,3 +269,12 @@ def test_hopper_value_layout_stores_nibble_quads():
         assert torch.equal((words[:, 16 * block + j] >> (4 * q)) & 15, values[kv]), kv
     assert int(words[:, 48:].abs().sum()) == 0  # the padding block
     assert torch.equal(quads_order_inverse(quads_order(data.t().contiguous())), data.t())
+
+
+def test_nibble_quads_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="`k_align` must be at least 32 bytes"):
+        HopperMXValueLayout((64, 8), mx_axis=0, k_align=16)
+    with pytest.raises(ValueError, match="must be a multiple of 32"):
+        quads_order(torch.zeros(4, 48, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="must be a multiple of 32"):
+        quads_order_inverse(torch.zeros(4, 20, dtype=torch.uint8))

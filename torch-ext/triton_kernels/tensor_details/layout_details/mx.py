@@ -73,6 +73,10 @@ QUADS_BLOCK_BYTES = 32  # one 64-value K block of the nibble-quads order
 def _transpose_nibbles(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Packed FP4 bytes [..., K'] (value 2b in the low nibble of byte b): every run of rows * cols
     values, read as a [rows, cols] matrix, transposed."""
+    run = rows * cols // 2
+    if packed.shape[-1] % run:
+        raise ValueError(f"nibble-quads order: the last dim of the packed bytes must be a multiple of {run} "
+                         f"(one 64-value block), got {packed.shape[-1]}")
     nib = torch.stack((packed & 15, packed >> 4), dim=-1).reshape(packed.shape[:-1] + (-1, rows, cols))
     nib = nib.transpose(-1, -2).reshape(packed.shape[:-1] + (-1, 2))
     return (nib[..., 0] | (nib[..., 1] << 4)).to(packed.dtype)
