@@ -41,6 +41,10 @@ C = MatmulConfig
 DECODE = [C(16, 64, 128, 1, 4, 4, True), C(16, 64, 128, 1, 4, 3, True), C(16, 64, 256, 1, 4, 3, True),
           C(16, 64, 256, 1, 4, 4, True), C(16, 128, 128, 1, 4, 3, True), C(16, 128, 256, 1, 4, 3, True),
           C(16, 128, 256, 1, 8, 3, True), C(16, 64, 512, 1, 4, 3, True)] + [
+    # deeper pipelines: more weight bytes in flight per SM when the weights come from DRAM (--cold)
+    C(16, 64, 256, 1, 4, 5, True), C(16, 64, 256, 1, 4, 6, True), C(16, 64, 128, 1, 4, 6, True),
+    C(16, 64, 128, 1, 4, 8, True), C(16, 128, 256, 1, 4, 4, True), C(16, 64, 512, 1, 4, 4, True)] + [
+    C(16, 64, 256, 1, 4, 5, True, "ptx", split) for split in (2, 3)] + [
     C(16, 64, 128, 1, 4, 4, True, "ptx", split) for split in (2, 3, 4)] + [
     C(16, 64, 256, 1, 4, 3, True, "ptx", split) for split in (2, 3, 4)] + [
     C(16, 128, 256, 1, 4, 3, True, "ptx", split) for split in (2, 4, 8)] + [
@@ -96,11 +100,28 @@ def kernel_stats(keys):
     return out
 
 
+def cold_routings(n_tokens, n_expts, n_sets):
+    """n_sets routings of n_tokens rows whose experts change from one to the next (for T = 1: disjoint sets of
+    TOPK experts, cycling through all E; else fresh random logits), so timing them back to back reads the
+    weights from DRAM."""
+    out = []
+    for i in range(n_sets):
+        logits = torch.randn(n_tokens, n_expts, device="cuda")
+        if n_tokens == 1:
+            first = (i * TOPK) % n_expts
+            logits[:, first:first + TOPK] += 10 + torch.arange(TOPK, device="cuda")
+        out.append(routing(logits, TOPK))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="sweep.json")
     ap.add_argument("--budget-s", type=float, default=300)
     ap.add_argument("--shapes", default="32x1,32x4096,32x64,128x64,128x4096,32x512")
+    ap.add_argument("--cold-sets", type=int, default=8,
+                    help="for T <= 8, time R calls in one graph, each routed to other experts (weights read "
+                         "from DRAM as in a model of many layers, not from L2); 0: one repeated call")
     args = ap.parse_args()
     t_start = time.time()
     buf = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -133,6 +154,7 @@ def main():
         out_ref = raw_layer.down(h_ref, rd, si, config=ref_cfg)
         h = torch.empty_like(h_ref)
         out = torch.empty_like(out_ref)
+        cold = cold_routings(n_tokens, n_expts, args.cold_sets) if n_tokens <= 8 and args.cold_sets else []
         for name, k, n in (("gate_up", HIDDEN, 2 * INTER), ("down", INTER, HIDDEN)):
             floor = max(n_hit * weight_bytes(k, n) / bw, 2 * rows * k * n / rate)
             dflt = choose_config(rpe, n, k, True, 2 if name == "gate_up" else 1, nibble_quads=True)
@@ -159,7 +181,15 @@ def main():
                     if new:
                         rec["kernel"] = list(new.values())[0]
                     if rec["ok"]:
-                        if n_tokens <= 64:
+                        if cold:
+                            if name == "gate_up":
+                                calls = [lambda c=cfg, r=r: layer.gate_up(x, r[0], r[1], y=h, config=c) for r in cold]
+                            else:
+                                calls = [lambda c=cfg, r=r: layer.down(h_ref, r[0], r[2], y=out, config=c) for r in cold]
+                            rec["us_warm"] = do_bench_cudagraph(fn, rep=30, return_mode="median") * 1e3
+                            t = do_bench_cudagraph(lambda: [f() for f in calls], rep=30,
+                                                   return_mode="median") * 1e-3 / len(calls)
+                        elif n_tokens <= 64:
                             t = do_bench_cudagraph(fn, rep=30, return_mode="median") * 1e-3
                         else:
                             t = do_bench(fn, warmup=5, rep=40, return_mode="median") * 1e-3
