@@ -156,9 +156,23 @@ def kernel_breakdown(n_tokens, n_expts, k, dtype) -> dict:
 def plan_summary(n_tokens, n_expts, k) -> dict:
     plan = routing_details.make_routing_plan(n_tokens, n_expts, k, 1, False, routing_details._target_programs(),
                                              routing_details.FUSED_MAX_TILES)
-    return dict(fused=plan.fused, block_t=plan.block_t, n_iter=plan.n_iter, topk_programs=plan.n_parts,
+    return dict(fused=plan.fused, rows_q=plan.rows_q, block_t=plan.block_t, n_iter=plan.n_iter, topk_programs=plan.n_parts,
                 num_warps=plan.num_warps, place_programs=0 if plan.fused else plan.n_place_programs,
                 place_warps=plan.place_warps, reg_softmax=plan.reg_softmax, workspace_int32=plan.total)
+
+
+def sweep_rows_variants(tp: int) -> dict:
+    """The rows path (`routing_rows_kernel`): rows per program x threads per row, and the old split plan."""
+    orig = routing_details.make_routing_plan
+    cases = {}
+    for n_tokens, n_expts in ((16384, 128), (4096, 128), (16384, 32)):
+        v = [("auto", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)),
+             ("old split", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES, False, False))]
+        for rows in (32, 64, 128):
+            for q in (1, 4):
+                v.append((f"rows={rows} q={q}", routing_details._rows_plan(n_tokens, n_expts, TOPK, 1, rows, q)))
+        cases[(n_tokens, n_expts)] = v
+    return cases
 
 
 def sweep_variants(tp: int, focused: bool = False) -> dict:
@@ -208,12 +222,13 @@ def sweep_variants(tp: int, focused: bool = False) -> dict:
     return cases
 
 
-def sweep(dtype, reps: int, focused: bool = False) -> list[dict]:
+def sweep(dtype, reps: int, focused: bool = False, rows: bool = False) -> list[dict]:
     """Each plan variant is checked against routing_torch, then timed graphed (1 and 16 calls per graph)."""
     orig = routing_details.make_routing_plan
     tp = routing_details._target_programs()
     out = []
-    for (n_tokens, n_expts), variants in sweep_variants(tp, focused).items():
+    cases = sweep_rows_variants(tp) if rows else sweep_variants(tp, focused)
+    for (n_tokens, n_expts), variants in cases.items():
         logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
         for name, plan in variants:
             routing_details.make_routing_plan = lambda *a, _p=plan, **kw: _p
@@ -228,6 +243,8 @@ def sweep(dtype, reps: int, focused: bool = False) -> list[dict]:
             out.append(dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16))
             print(f"  sweep T={n_tokens} E={n_expts} {name}: graph {g1:.1f} us, x16 {g16:.1f} us {bad or ''}",
                   flush=True)
+    if rows:
+        return out
     import cProfile
     import io
     import pstats
@@ -254,6 +271,7 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="also time plan variants (tuning)")
     parser.add_argument("--sweep-only", action="store_true", help="only the variant sweep")
     parser.add_argument("--sweep-place", action="store_true", help="also time placement variants at E = 128")
+    parser.add_argument("--sweep-rows", action="store_true", help="also time the rows path's tilings")
     args = parser.parse_args()
     if args.sweep_only:
         swept = sweep(getattr(torch, args.dtype), 100)
@@ -290,6 +308,8 @@ def main() -> int:
 
     breakdown = kernel_breakdown(max(TOKENS), max(EXPERTS), TOPK, dtype)
     swept = sweep(dtype, 100) if args.sweep else sweep(dtype, 100, focused=True) if args.sweep_place else []
+    if args.sweep_rows:
+        swept += sweep(dtype, 100, rows=True)
     print("\n| T | E | k | check | eager (µs) | graphed (µs) | graphed, 16 per graph (µs) | routing_torch (µs) |"
           " eager ≤ 40 | graphed ≤ 15 |")
     print("|---|---|---|---|---|---|---|---|---|---|")

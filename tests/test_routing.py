@@ -64,7 +64,8 @@ def path(request, monkeypatch):
 
 def plan_of(logits, k, sm_first=False, simulated_ep=1):
     return routing_details.make_routing_plan(*logits.shape, k, simulated_ep, sm_first,
-                                             routing_details._target_programs(), routing_details.FUSED_MAX_TILES)
+                                             routing_details._target_programs(), routing_details.FUSED_MAX_TILES,
+                                             False, routing_details.ROWS_PATH)
 
 
 @pytest.fixture
@@ -224,21 +225,24 @@ def test_routing_matches_reference(case, ties, path, device, poisoned_workspace)
 
 def test_every_path_is_exercised(monkeypatch):
     """The CASES above cover: one fused tile, several fused tiles, and the split path with
-    several top-k programs of several tiles each."""
+    several top-k programs of several tiles each, and the rows path with 1 and 4 threads per row."""
     seen = set()
-    for fused_max in (routing_details.FUSED_MAX_TILES, 0, 1 << 30):
+    for fused_max, rows_path in [(routing_details.FUSED_MAX_TILES, True), (0, True), (0, False), (1 << 30, True)]:
         for c in CASES:
             plan = routing_details.make_routing_plan(c["T"], c["E"], c["k"], c.get("simulated_ep", 1),
-                                                     c.get("sm_first", False), 4, fused_max)
+                                                     c.get("sm_first", False), 4, fused_max, False, rows_path)
             if plan.fused:
                 seen.add("fused-one-tile" if plan.block_t >= c["T"] else "fused-tiles")
+            elif plan.rows_q:
+                seen.add(f"rows-q{plan.rows_q}" + ("-multi-program" if plan.n_parts > 1 else ""))
             else:
                 seen.add("split-multi-program" if plan.n_parts > 1 else "split-one-program")
                 if plan.n_iter > 1:
                     seen.add("split-multi-tile")
                 if plan.rows_per_part > plan.place_rows:
                     seen.add("split-multi-place-step")
-    assert {"fused-one-tile", "fused-tiles", "split-multi-program", "split-multi-tile"} <= seen, seen
+    assert {"fused-one-tile", "fused-tiles", "split-multi-program", "split-multi-tile", "rows-q1-multi-program",
+            "rows-q4-multi-program"} <= seen, seen
 
 
 PLAN_CASES = [
@@ -300,6 +304,7 @@ def test_routing_one_split_program_of_several_tiles(device, poisoned_workspace, 
     # the split path with one top-k program looping over several row tiles (and one placement program)
     monkeypatch.setattr(routing_details, "_target_programs", lambda: 1)
     monkeypatch.setattr(routing_details, "FUSED_MAX_TILES", 0)
+    monkeypatch.setattr(routing_details, "ROWS_PATH", False)  # the rows path has one tile per program
     logits = torch.randn(150, 64, generator=torch.Generator().manual_seed(4)).to(device)
     plan = plan_of(logits, 4)
     assert not plan.fused and plan.n_parts == 1 and plan.n_iter > 1
@@ -486,7 +491,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton_kernels.topk_details import topk_kernel
 from triton_kernels.routing_details._kernels import (routing_fused_kernel, routing_topk_kernel,
-                                                     routing_place_kernel, expt_data_kernel)
+                                                     routing_place_kernel, routing_rows_kernel, expt_data_kernel)
 
 def build(fn, types, consts, num_warps):
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in fn.arg_names}
@@ -510,7 +515,12 @@ for user, smf in [(False, False), (True, True)]:
     build(topk_kernel, {"x_ptr": "*bf16", "user_ptr": "*i32", "vals_ptr": "*bf16", "indx_ptr": "*i16",
                         "bits_ptr": "*u32", "n_rows_ptr": "*i64"}, tk, 8)
     build(routing_place_kernel, {"ws_ptr": "*i32"}, dict(K=4, K_PAD=4, E_PAD=128, PART_ROWS=32, PLACE_ROWS=128,
-                                                         TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user), 4)
+                                                         TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user,
+                                                         RANK8=not user), 4)
+for dt, e, k, rows, q in [("*bf16", 128, 4, 128, 4), ("*fp32", 40, 3, 16, 1), ("*fp16", 256, 8, 32, 4)]:
+    build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64"},
+          dict(K=k, K_PAD=1 << (k - 1).bit_length(), E_PAD=max(32, 1 << (e - 1).bit_length()), ROWS=rows, Q=q,
+               N_ROWS_FROM_PTR=True, PACK32=dt != "*fp32", FULL_E=e == 128), max(1, rows * q // 32))
 build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
 print("compiled")
 """

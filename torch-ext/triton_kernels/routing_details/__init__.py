@@ -41,11 +41,12 @@ import triton
 
 from .. import target_info
 from ._kernels import (BLOCK_SIZES, expt_data_kernel, routing_fused_kernel, routing_place_kernel,
-                       routing_topk_kernel)
+                       routing_rows_kernel, routing_topk_kernel)
 
 __all__ = ["RoutingPlan", "make_routing_plan", "routing_triton", "compute_expt_data_triton", "max_tiles"]
 
 FUSED_MAX_TILES = 1  # fused when all rows fit one tile, or up to this many tiles (0: never fused)
+ROWS_PATH = True  # split path: `routing_rows_kernel` where it applies (no user indices, no sm_first, k <= 8)
 FAST_LAUNCH = True  # relaunch cached compiled kernels directly (see `_launch`)
 _COMPILED: dict = {}
 
@@ -71,12 +72,13 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _layout(n_slots: int, n_local: int, n_parts: int, e_pad: int) -> tuple[int, ...]:
+def _layout(n_slots: int, n_local: int, n_parts: int, e_pad: int, rank_bytes: int = 0) -> tuple[int, ...]:
     """Split sizes of the workspace: the 13 outputs (topk, gate, scal, hist, raw, pad x4, map x4),
-    then all the scratch as one segment. Host twin of `_kernels._ws_layout`."""
+    then all the scratch as one segment (`rank_bytes`: the rows path's [T, E_PAD] byte ranks at
+    its end). Host twin of `_kernels._ws_layout`."""
     maps = tuple(max_tiles(n_slots, n_local, bm) for bm in BLOCK_SIZES)
     outputs = (n_slots, n_slots, n_slots, n_local) + (n_local + 1,) * 5 + maps
-    return outputs + (3 * n_slots + n_parts * e_pad + n_parts,)
+    return outputs + (3 * n_slots + n_parts * e_pad + n_parts + triton.cdiv(rank_bytes, 4),)
 
 
 def _map_block(e_pad: int, num_warps: int) -> int:
@@ -107,6 +109,7 @@ class RoutingPlan:
     sizes: tuple[int, ...]
     total: int
     place_warps: int = 4
+    rows_q: int = 0  # split path with `routing_rows_kernel`: threads per row (0: `routing_topk_kernel`)
 
 
 # Split path's top-k kernel: keys of the [block_t, E] logits tile per thread and the warp range,
@@ -119,11 +122,28 @@ def _split_keys_per_thread(e_pad: int) -> int:
 
 SPLIT_MIN_WARPS = 4
 SPLIT_MAX_WARPS = 8
+ROWS_Q_WIDE = 4  # rows path: threads per row at E >= 64, and below
+ROWS_Q_NARROW = 1
+
+
+def _rows_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, rows: int, q: int,
+               place_warps: int = 4) -> RoutingPlan:
+    """The split path with `routing_rows_kernel`: `rows` rows per top-k program (a power of two
+    >= 16: the rank matmul), q threads per row."""
+    e_pad = max(32, _next_pow2(n_expts))
+    num_warps = max(1, min(16, rows * q // 32))
+    plan = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, 1, place_warps)
+    sizes = _layout(n_tokens * k, n_expts // simulated_ep, plan.n_parts, e_pad, n_tokens * e_pad)
+    return dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q)
+
+
+ROWS_MAX = 128  # rows per program of the rows path (the [ROWS, ROWS] rank matmul operand)
 
 
 @functools.lru_cache(maxsize=256)
 def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm_first: bool,
-                      target_programs: int, fused_max_tiles: int = FUSED_MAX_TILES) -> RoutingPlan:
+                      target_programs: int, fused_max_tiles: int = FUSED_MAX_TILES, user: bool = False,
+                      rows_path: bool = True) -> RoutingPlan:
     e_pad = max(32, _next_pow2(n_expts))
     k_pad = _next_pow2(k)
     n_slots = n_tokens * k
@@ -141,6 +161,10 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
         sizes = _layout(n_slots, n_local, 1, e_pad)
         return RoutingPlan(True, e_pad, k_pad, block_t, 1, 1, num_warps, block_t, 1, 1, place_rows, 1,
                            _map_block(e_pad, num_warps), block_t <= 2 * num_warps, sizes, sum(sizes))
+    if rows_path and not user and not sm_first and k <= 8 and e_pad <= 256:
+        rows = max(16, min(ROWS_MAX, _next_pow2(triton.cdiv(n_tokens, max(1, target_programs)))))
+        q = ROWS_Q_WIDE if e_pad >= 64 else ROWS_Q_NARROW
+        return _rows_plan(n_tokens, n_expts, k, simulated_ep, rows, q)
     # split: about target_programs top-k programs of at most SPLIT_MAX_WARPS warps, each tile
     # holding `_split_keys_per_thread` keys per thread
     per_thread = _split_keys_per_thread(e_pad) // (2 if sm_first else 1)
@@ -203,13 +227,14 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
 
     Arguments are assumed checked (routing.routing does it)."""
     n_tokens, n_expts = logits.shape
-    plan = make_routing_plan(n_tokens, n_expts, k, simulated_ep, sm_first, _target_programs(), FUSED_MAX_TILES)
+    user = expt_indx is not None
+    plan = make_routing_plan(n_tokens, n_expts, k, simulated_ep, sm_first, _target_programs(), FUSED_MAX_TILES,
+                             user, ROWS_PATH)
     dev = logits.device
     ws = torch.empty(plan.total, dtype=torch.int32, device=dev)
     from_ptr = isinstance(n_rows, torch.Tensor)
     n_rows_ptr = n_rows if from_ptr else None
     n_rows_val = n_tokens if n_rows is None or from_ptr else n_rows
-    user = expt_indx is not None
     if user and expt_indx.stride(1) != 1:
         expt_indx = expt_indx.contiguous()
     n_local = n_expts // simulated_ep
@@ -226,11 +251,18 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
                 (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val),
                 consts, plan.num_warps, dev)
     else:
-        consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr, pack32)
-        _launch(routing_topk_kernel, plan.n_parts, ("topk", consts, plan.num_warps) + spec,
-                (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
-                 plan.n_iter), consts, plan.num_warps, dev)
-        consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block, not sm_first, user)
+        if plan.rows_q:
+            consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad)
+            _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
+                    (logits, sx0, sx1, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val), consts,
+                    plan.num_warps, dev)
+        else:
+            consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr, pack32)
+            _launch(routing_topk_kernel, plan.n_parts, ("topk", consts, plan.num_warps) + spec,
+                    (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
+                     plan.n_iter), consts, plan.num_warps, dev)
+        consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block, not sm_first, user,
+                  plan.rows_q > 0)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.rows_per_part, plan.parts_per_place, n_tokens, n_local), consts,
                 plan.place_warps, dev)

@@ -7,7 +7,8 @@ import triton
 import triton.language as tl
 
 from ..topk_details import select_tile
-from ..topk_details._topk_kernel import _softmax_picks
+from ..topk_details._rowwise import row_topk
+from ..topk_details._topk_kernel import _key_column, _key_value, _keys_of, _softmax_picks
 
 BLOCK_SIZES = (16, 32, 64, 128)
 
@@ -163,7 +164,7 @@ def _store_placed(ws_ptr, pos, slot, is_local, w, live, gate, scal):
 @triton.jit
 def _place_rows(ws_ptr, row0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
                 ROWS: tl.constexpr, K: tl.constexpr, K_PAD: tl.constexpr, SOFTMAX: tl.constexpr,
-                USER_INDX: tl.constexpr, RANK_IS_POS: tl.constexpr):
+                USER_INDX: tl.constexpr, RANK_IS_POS: tl.constexpr, rank8=None, E_PAD: tl.constexpr = 0):
     """Rows [row0, min(row0 + ROWS, row_end)): read their slots' expert (-1: routes nowhere), rank
     and value back from the scratch as [ROWS, K_PAD] (a row's slots in one thread), take the
     softmax over each row's routed slots (SOFTMAX; float64, as `routing_torch`), and store every
@@ -175,9 +176,12 @@ def _place_rows(ws_ptr, row0, row_end, base, dead_base, expt_o, rank_o, w_o, gat
     slot = rows[:, None] * K + kk[None, :]
     live = (rows < row_end)[:, None] & (kk[None, :] < K)
     expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
-    rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
-    v = tl.load(ws_ptr + w_o + slot, mask=live, other=0).to(tl.float32, bitcast=True)
     routed = expt >= 0
+    if rank8 is None:
+        rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
+    else:
+        rank = tl.load(rank8 + rows.to(tl.int64)[:, None] * E_PAD + expt, mask=live & routed, other=0).to(tl.int32)
+    v = tl.load(ws_ptr + w_o + slot, mask=live, other=0).to(tl.float32, bitcast=True)
     if RANK_IS_POS:
         pos = rank
     else:
@@ -308,13 +312,70 @@ def routing_topk_kernel(
         tl.store(ws_ptr + dead_o + pid, n_dead)
 
 
+@triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val"])
+def routing_rows_kernel(
+    x_ptr, stride_xt, stride_xe, ws_ptr, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
+    K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, ROWS: tl.constexpr, Q: tl.constexpr,
+    N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr, FULL_E: tl.constexpr,
+):
+    """Launch 1 of 2 without user indices or sm_first (K <= 8): program p takes ROWS rows, Q
+    threads per row. `row_topk` gives each row's K_PAD largest keys (in registers, no per-key
+    shuffles) and keeps its keys; the picks are the keys >= the K-th. Per slot (in the [ROWS, K]
+    slot domain) it stores the expert and the picked logit; per pick the rank within the program
+    goes to a byte array [T, E_PAD] at (row, expert): one matmul per key block on the tensor cores,
+    (2 * strictly-lower + identity) @ picks = 2 * (picks of that expert in earlier rows) + pick, so
+    the pick flag and its rank come out together in the accumulator layout. The last row of the
+    same product is the program's counts row."""
+    pid = tl.program_id(0)
+    n_slots = n_tokens * K
+    _g, _s, _h, _r, _p, _m16, _m32, _m64, _m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
+        n_slots, n_local, tl.num_programs(0), E_PAD)
+    rank8 = (ws_ptr + dead_o + tl.num_programs(0)).to(tl.pointer_type(tl.uint8))
+    if N_ROWS_FROM_PTR:
+        n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
+    else:
+        n_valid_rows = n_rows_val
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    in_t = rows < n_tokens
+    row_ok = in_t & (rows < n_valid_rows)
+    best = row_topk(x_ptr, stride_xt, stride_xe, rows, n_tokens, n_expts, K_PAD, E_PAD, Q, PACK32, FULL_E)
+    # the slot domain: expert and logit of each pick, in expert order within the row
+    kk = tl.arange(0, K_PAD)
+    bests = tl.zeros([ROWS, K_PAD], dtype=best[0].dtype)
+    for j in tl.static_range(K_PAD):
+        bests = tl.where(kk[None, :] == j, best[j][:, None], bests)
+    sel = _key_column(bests, PACK32)
+    earlier = (sel[:, None, :] < sel[:, :, None]) & (kk[None, None, :] < K)
+    slot = rows[:, None] * K + tl.sum(earlier.to(tl.int32), axis=2)
+    live = in_t[:, None] & (kk[None, :] < K)
+    tl.store(ws_ptr + expt_o + slot, tl.where(row_ok[:, None], sel, -1), mask=live)
+    tl.store(ws_ptr + w_o + slot, _key_value(bests, PACK32).to(tl.int32, bitcast=True), mask=live)
+    # ranks: [ROWS, Q * CH] blocks of 0/1 picks through one small matmul each
+    kth = tl.where(row_ok, best[K - 1], 2147483647 if PACK32 else 9223372036854775807)  # dead rows: none
+    r = tl.arange(0, ROWS)
+    tri = tl.where(r[None, :] < r[:, None], 2.0, tl.where(r[None, :] == r[:, None], 1.0, 0.0)).to(tl.float16)
+    NB: tl.constexpr = 16
+    rows64 = rows.to(tl.int64)
+    for c0 in tl.static_range(0, E_PAD, NB):
+        cols = c0 + tl.arange(0, NB)
+        col_ok = (cols < n_expts) | FULL_E
+        x = tl.load(x_ptr + rows64[:, None] * stride_xt + cols[None, :] * stride_xe,
+                    mask=in_t[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        hit = (_keys_of(x, cols[None, :], col_ok[None, :], PACK32) >= kth[:, None]).to(tl.float16)
+        v = tl.dot(tri, hit, out_dtype=tl.float32).to(tl.int32)
+        tl.store(rank8 + rows64[:, None] * E_PAD + cols[None, :], (v >> 1).to(tl.uint8), mask=(v & 1) == 1)
+        tl.store(ws_ptr + part_o + pid * E_PAD + cols[None, :] + r[:, None] * 0, (v >> 1) + (v & 1),
+                 mask=r[:, None] == ROWS - 1)
+
+
 @triton.jit(do_not_specialize=["n_parts", "rows_per_part", "parts_per_prog", "n_tokens", "n_local"])
 def routing_place_kernel(
     ws_ptr, n_parts, rows_per_part, parts_per_prog, n_tokens, n_local,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, PART_ROWS: tl.constexpr,
     PLACE_ROWS: tl.constexpr, TILE_BLOCK: tl.constexpr, SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr,
+    RANK8: tl.constexpr,
 ):
-    """Launch 2 of 2: program q places the rows of top-k programs [q * parts_per_prog, ...): totals
+    """Launch 2 of 2 (after `routing_topk_kernel`, or `routing_rows_kernel` with RANK8): program q places the rows of top-k programs [q * parts_per_prog, ...): totals
     and the prefix before its first part from the counts rows, then every slot to its sorted
     position (no sort: the ranks are known) with the softmax of its row; then ExptData shared by
     all programs."""
@@ -339,11 +400,15 @@ def routing_place_kernel(
     n_routed = tl.sum(totals, axis=0)
     base = tl.cumsum(totals, axis=0) - totals + tl.sum(acc_before, axis=0)
     dead_base = n_routed + dead_before
+    if RANK8:
+        rank8 = (ws_ptr + dead_o + n_parts).to(tl.pointer_type(tl.uint8))
+    else:
+        rank8 = None
     for p in range(p0, tl.minimum(p0 + parts_per_prog, n_parts)):
         row_end = tl.minimum(p * rows_per_part + rows_per_part, n_tokens)
         for r0 in range(p * rows_per_part, row_end, PLACE_ROWS):
             _place_rows(ws_ptr, r0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
-                        PLACE_ROWS, K, K_PAD, SOFTMAX, USER_INDX, False)
+                        PLACE_ROWS, K, K_PAD, SOFTMAX, USER_INDX, False, rank8, E_PAD)
         base += tl.load(ws_ptr + part_o + p * E_PAD + cols)
         if USER_INDX:
             dead_base += tl.load(ws_ptr + dead_o + p)

@@ -38,15 +38,21 @@ def _order_to_float(order):
 
 @triton.jit
 def _pick_keys(x, cols, col_ok, PACK32: tl.constexpr):
-    """One integer per element whose order is (value, then lower column first); padding columns
-    get `_GONE` (below every real key). Keys are distinct within a row."""
+    """One integer per element of x [rows, E] whose order is (value, then lower column first);
+    padding columns get `_GONE` (below every real key). Keys are distinct within a row."""
+    return _keys_of(x, cols[None, :], col_ok[None, :], PACK32)
+
+
+@triton.jit
+def _keys_of(x, cols, col_ok, PACK32: tl.constexpr):
+    """`_pick_keys` with `cols` / `col_ok` already shaped to broadcast against x."""
     order = _float_order(x)
     if PACK32:
-        key = (order & -8192) | (cols[None, :] ^ 8191)
-        return tl.where(col_ok[None, :], key, _GONE)
+        key = (order & -8192) | (cols ^ 8191)
+        return tl.where(col_ok, key, _GONE)
     else:
-        key = (order.to(tl.int64) << 16) | (cols[None, :] ^ 65535).to(tl.int64)
-        return tl.where(col_ok[None, :], key, _GONE64)
+        key = (order.to(tl.int64) << 16) | (cols ^ 65535).to(tl.int64)
+        return tl.where(col_ok, key, _GONE64)
 
 
 @triton.jit
