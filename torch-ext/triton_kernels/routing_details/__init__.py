@@ -24,11 +24,16 @@ Two paths:
   in registers for tiles of a few rows per warp, else after a round trip through the scratch),
   otherwise the tile pass writes (expert, picked logit, rank) per slot to scratch and a placement
   pass reads them back; then hist, token_offs_raw/pad and the four block_pid_maps.
-* split (larger T): launch 1, `routing_topk_kernel`, P programs of `n_iter` row tiles each,
-  writes (expert, picked logit, rank within the program) per slot and a counts row per program;
-  launch 2, `routing_place_kernel`, sums the P counts rows (totals, and the prefix before each
-  program), stores every slot at its position with its softmax weight and shares the ExptData
-  work among its programs.
+* split (larger T): launch 1 writes (expert, picked logit, rank within the program) per slot and
+  a counts row per program; launch 2, `routing_place_kernel`, sums the P counts rows (totals, and
+  the prefix before each program), stores every slot at its position with its softmax weight and
+  shares the ExptData work among its programs. Launch 1 is `routing_rows_kernel` (the rows path)
+  unless there are user indices, sm_first or k > 8: one row tile of ROWS rows per program, Q
+  threads per row, each row's top-k by insertion in registers (`topk_details.row_topk`); the
+  picks are the keys >= the k-th, and their ranks come from one matmul per 16-column block,
+  (2 * strictly-lower + identity) @ picks, whose accumulator holds 2 * rank + pick, stored as
+  bytes at (row, expert) in a [T, E_PAD] scratch that the placement reads back. Otherwise launch 1
+  is `routing_topk_kernel` (P programs of `n_iter` tiles, `select_tile` and `_rank_tile`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ One kernel, `_topk_kernel`, reads a [T, E] logits tile per program and, per row:
 4. optionally writes the row's bitmatrix words (bit e of the row is set when expert e is picked).
 
 The per-tile work is `select_tile`, which routing's kernels reuse (they add ranks and counts).
+`_rowwise.row_topk` is the other layout, used by routing's rows path: each row's columns are
+walked by Q threads only, each keeping its k largest keys by insertion (no cross-lane work per
+key), merged at the end by a bitonic merge over the Q lanes.
 
 With user indices (`expt_indx` / `y_indx`) step 2 is replaced by a load of the given indices;
 they keep their order within the row and anything outside [0, E) routes nowhere.
