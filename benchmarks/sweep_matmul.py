@@ -49,20 +49,13 @@ DECODE = [C(16, 64, 128, 1, 4, 4, True), C(16, 64, 128, 1, 4, 3, True), C(16, 64
     C(16, 64, 256, 1, 4, 3, True, "ptx", split) for split in (2, 3, 4)] + [
     C(16, 128, 256, 1, 4, 3, True, "ptx", split) for split in (2, 4, 8)] + [
     C(16, 128, 128, 1, 4, 4, True, "ptx", split) for split in (2, 4)]
-# the same with the L2 prefetch of each program's weight slab (MatmulConfig.prefetch_w)
-DECODE += [C(16, 64, 256, 1, 4, 3, True, prefetch_w=True), C(16, 64, 256, 1, 4, 4, True, prefetch_w=True),
-           C(16, 64, 128, 1, 4, 3, True, prefetch_w=True), C(16, 128, 256, 1, 4, 3, True, prefetch_w=True),
-           C(16, 64, 256, 1, 4, 3, True, "ptx", 2, prefetch_w=True),
-           C(16, 64, 128, 1, 4, 4, True, "ptx", 2, prefetch_w=True),
-           C(16, 64, 128, 1, 4, 4, True, "ptx", 4, prefetch_w=True)]
 PREFILL = [C(128, 256, 64, 8, 8, 3, True), C(128, 128, 64, 8, 4, 4, True), C(128, 128, 128, 8, 4, 3, True),
            C(128, 128, 128, 8, 8, 3, True), C(128, 256, 128, 8, 8, 3, True),
            C(256, 128, 64, 8, 8, 3, True), C(256, 128, 128, 8, 8, 3, True), C(256, 64, 128, 8, 4, 3, True),
            C(256, 128, 64, 8, 8, 4, True), C(256, 256, 64, 8, 8, 3, True)]
 MID = [C(64, 64, 128, 8, 4, 3, True), C(64, 128, 128, 8, 4, 3, True), C(64, 128, 256, 8, 4, 3, True),
        C(64, 256, 64, 8, 8, 3, True), C(64, 128, 128, 8, 8, 3, True), C(64, 256, 128, 8, 8, 3, True),
-       C(64, 64, 256, 8, 4, 3, True), C(64, 128, 128, 8, 8, 3, True, prefetch_w=True),
-       C(64, 256, 64, 8, 8, 3, True, prefetch_w=True)]
+       C(64, 64, 256, 8, 4, 3, True)]
 
 
 def candidates(rows_per_expt):

@@ -715,23 +715,6 @@ def test_split_k_matches_reference(device, swap_xw, decode, split_k, gather, sca
     assert rel_err(out, indep) <= 1e-2
 
 
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_weight_prefetch_is_only_a_hint(device, split_k):
-    """MatmulConfig.prefetch_w (each program asks L2 for its weight slab before its K loop; CUDA quads
-    decoders) changes no value: bit for bit the output without it, with K splits (unequal shares) and
-    a K tail (K = 224: three and a half 64-value blocks)."""
-    cfg = MatmulConfig(block_m=16, block_n=64, block_k=64, group_m=1, num_warps=4, num_stages=2, swap_xw=True,
-                       split_k=split_k)
-    with_pf, ref, _ = run_routed(device, True, False, True, True, "mxfp4", "hopper", kdim=224, n=128,
-                                 config=dataclasses.replace(cfg, prefetch_w=True))
-    without, _, _ = run_routed(device, True, False, True, True, "mxfp4", "hopper", kdim=224, n=128, config=cfg)
-    assert not with_pf.isnan().any()
-    assert torch.equal(with_pf, without)
-    assert rel_err(with_pf, ref) <= 1e-2
-    with pytest.raises(ValueError, match="prefetch_w"):
-        MatmulConfig(16, 32, 64, 1, 4, 1, prefetch_w=1)
-
-
 def test_split_k_for_fills_the_gpu_and_keeps_steps():
     from triton_kernels.matmul_ogs_details.configs import split_k_for
 
@@ -783,9 +766,6 @@ for gate_up in (True, False):
     for decode in ("bytes", "words", "ptx", "quads_ptx", "quads_ptx_small"):
         body = loop_body(compile_matmul(16, 64, 128, 4, 3, decode=decode, gate_up=gate_up).asm["sass"])
         out[f"{gate_up}-{decode}"] = [len(body) / 64, sum("HGMMA" in line for line in body)]
-for prefetch_w in (False, True):
-    sass = compile_matmul(16, 64, 128, 4, 3, decode="quads_ptx_small", prefetch_w=prefetch_w).asm["sass"]
-    out[f"prefetch-{prefetch_w}"] = [sass.count("CCTL.E.PF2"), len(loop_body(sass))]
 print(json.dumps(out))
 """
 
@@ -818,6 +798,3 @@ def test_hopper_build_of_every_decoder_compiles_and_quads_ptx_is_leanest():
         assert all(res[f"{gate_up}-{d}"][1] > 0 for d in per_value), res
         assert (per_value["quads_ptx_small"] < per_value["quads_ptx"] < per_value["ptx"] < per_value["words"]
                 < per_value["bytes"]), per_value
-    # the weight prefetch is L2 requests before the K loop (none without it), and leaves the loop alone
-    assert res["prefetch-False"][0] == 0 and res["prefetch-True"][0] > 0, res
-    assert res["prefetch-True"][1] == res["prefetch-False"][1], res

@@ -501,7 +501,6 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         *args,
     )
     pdl = _pdl_ok()
-    decode = _decoder(cfg, p)
     constexprs = dict(
         ACT_FN=p.act_fn, N_ACT_ARGS=len(p.act_args), REDUCTION_N=p.reduction_n,
         W_MX=p.ws is not None, W_KG=wa.k_group, WS_KG=sa.k_group if sa else 1,
@@ -510,8 +509,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         HAS_ALPHA=out_alpha is not None,
         DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        SWAP_XW=bool(cfg.swap_xw), DECODE=decode, SPLIT_K=split_k, PDL=pdl,
-        PREFETCH_W=bool(cfg.swap_xw and cfg.prefetch_w and decode >= 4),  # the inline-PTX quads decoders
+        SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p), SPLIT_K=split_k, PDL=pdl,
         MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
     )
     # split partials of a linear epilogue under a scatter are added by the top-k reduce itself

@@ -346,27 +346,13 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base
     return tl.dot(w, xt.to(dot_dtype), acc)
 
 
-_PREFETCH_L2_PTX: tl.constexpr = tl.constexpr("prefetch.global.L2 [$1];\nmov.b32 $0, 0;")
-
-
-@triton.jit
-def _prefetch_rows_l2(row_ptrs, n_bytes, LINES: tl.constexpr):
-    """Ask L2 for the first n_bytes of every row (uint8 pointers [R, 1]), one 128-byte line per
-    request; the last request of a row is clamped to its last byte, so every line is covered and no
-    address leaves the row."""
-    for b0 in range(0, n_bytes, 128 * LINES):
-        offs = tl.minimum(b0 + 128 * tl.arange(0, LINES), n_bytes - 1)
-        tl.inline_asm_elementwise(_PREFETCH_L2_PTX, "=r,l", [row_ptrs + offs[None, :]], dtype=tl.int32,
-                                  is_pure=False, pack=1)
-
-
 @triton.jit
 def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                       W, stride_w_kg, stride_w_ki, stride_w_n, WS, stride_ws_kg, stride_ws_ki, stride_ws_n,
                       offs_n_safe, mask_n, k_start, K, W_MX: tl.constexpr, W_KG: tl.constexpr,
                       WS_KG: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      DECODE: tl.constexpr = 0, PREFETCH_W: tl.constexpr = False):
+                      DECODE: tl.constexpr = 0):
     """acc [BLOCK_M, BLOCK_N] over k in [k_start, K), computed transposed:
     acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
 
@@ -387,12 +373,6 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     # W and stride_w_n multiples of 4 bytes, so a row's bytes are whole aligned words
     w32_base = W.to(tl.pointer_type(tl.int32)) + offs_n_safe[:, None] * (stride_w_n // 4)
     s_base = WS + offs_n_safe[:, None] * stride_ws_n
-    if PREFETCH_W:
-        # few rows per weight (decode): every weight byte of this program is read once, in a chain of
-        # BLOCK_K steps each waiting on DRAM; asking L2 for the whole K range up front turns that
-        # chain into one bulk fetch (quads storage: K/2 bytes per row, padded to 32-byte blocks)
-        q_start = (k_start // 64) * 32
-        _prefetch_rows_l2(W + offs_n_safe[:, None] * stride_w_n + q_start, tl.cdiv(K, 64) * 32 - q_start, 8)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     k_full = k_start + ((K - k_start) // BLOCK_K) * BLOCK_K
     for k0 in range(k_start, k_full, BLOCK_K):
@@ -446,7 +426,7 @@ def _matmul_ogs_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
-    PDL: tl.constexpr = False, PREFETCH_W: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
@@ -523,7 +503,7 @@ def _matmul_ogs_kernel(
                                     W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
                                     WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
                                     offs_n_safe, mask_n, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
-                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE, PREFETCH_W)
+                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE)
         else:
             acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
                             W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,

@@ -34,9 +34,6 @@ class MatmulConfig:
     # for a linear epilogue under a scatter, by the top-k reduce).
     # choose_config leaves 1; the launch picks a split for automatic configs (split_k_for).
     split_k: int = 1
-    # ask L2 for the program's whole weight slab before its main loop (CUDA, swapped nibble-quads
-    # loop): for few rows per expert, where each weight byte is read once in a chain of DRAM waits
-    prefetch_w: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "group_m"):
@@ -47,8 +44,6 @@ class MatmulConfig:
             raise ValueError(f"MatmulConfig: `split_k` must be an int in [1, 64], got {self.split_k!r}")
         if self.decode not in DECODERS:
             raise ValueError(f"MatmulConfig: `decode` must be one of {DECODERS}, got {self.decode!r}")
-        if not isinstance(self.prefetch_w, bool):
-            raise ValueError(f"MatmulConfig: `prefetch_w` must be a bool, got {self.prefetch_w!r}")
         if self.block_k < 32:
             raise ValueError(f"MatmulConfig: `block_k` must be at least 32 (one MX block), got {self.block_k}")
 
