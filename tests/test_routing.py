@@ -199,6 +199,8 @@ CASES = [
     dict(T=30, E=64, k=8, dtype=torch.float16),
     dict(T=100, E=256, k=4),  # several row tiles per program
     dict(T=600, E=32, k=8),  # several slot blocks per program in the sort
+    dict(T=90, E=128, k=1),  # rows path, 4 threads per row, one pick
+    dict(T=70, E=64, k=3, dtype=torch.float16),  # rows path, 4 threads per row, k not a power of two
     dict(T=70, E=32, k=4, sm_first=True, dtype=torch.bfloat16),
     dict(T=40, E=24, k=3, sm_first=True, n_rows=29),
     dict(T=40, E=32, k=4, simulated_ep=4),
@@ -520,7 +522,8 @@ for user, smf in [(False, False), (True, True)]:
 for dt, e, k, rows, q in [("*bf16", 128, 4, 128, 4), ("*fp32", 40, 3, 16, 1), ("*fp16", 256, 8, 32, 4)]:
     build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64"},
           dict(K=k, K_PAD=1 << (k - 1).bit_length(), E_PAD=max(32, 1 << (e - 1).bit_length()), ROWS=rows, Q=q,
-               N_ROWS_FROM_PTR=True, PACK32=dt != "*fp32", FULL_E=e == 128), max(1, rows * q // 32))
+               N_ROWS_FROM_PTR=True, PACK32=dt != "*fp32", FULL_E=e == 128, RANK_BLOCK=16 if e == 40 else 128),
+          max(1, rows * q // 32))
 build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
 print("compiled")
 """

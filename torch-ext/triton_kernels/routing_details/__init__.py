@@ -143,6 +143,7 @@ def _rows_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, rows: int
 
 
 ROWS_MAX = 128  # rows per program of the rows path (the [ROWS, ROWS] rank matmul operand)
+RANK_BLOCK_MAX = 128  # columns per rank matmul (one block up to E = 128: fewer barriers than blocks of 16)
 
 
 @functools.lru_cache(maxsize=256)
@@ -257,7 +258,8 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
                 consts, plan.num_warps, dev)
     else:
         if plan.rows_q:
-            consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad)
+            consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
+                      min(plan.e_pad, RANK_BLOCK_MAX))
             _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
                     (logits, sx0, sx1, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val), consts,
                     plan.num_warps, dev)

@@ -316,15 +316,16 @@ def routing_topk_kernel(
 def routing_rows_kernel(
     x_ptr, stride_xt, stride_xe, ws_ptr, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, ROWS: tl.constexpr, Q: tl.constexpr,
-    N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr, FULL_E: tl.constexpr,
+    N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr, FULL_E: tl.constexpr, RANK_BLOCK: tl.constexpr = 16,
 ):
     """Launch 1 of 2 without user indices or sm_first (K <= 8): program p takes ROWS rows, Q
     threads per row. `row_topk` gives each row's K_PAD largest keys (in registers, no per-key
     shuffles) and keeps its keys; the picks are the keys >= the K-th. Per slot (in the [ROWS, K]
     slot domain) it stores the expert and the picked logit; per pick the rank within the program
-    goes to a byte array [T, E_PAD] at (row, expert): one matmul per key block on the tensor cores,
-    (2 * strictly-lower + identity) @ picks = 2 * (picks of that expert in earlier rows) + pick, so
-    the pick flag and its rank come out together in the accumulator layout. The last row of the
+    goes to a byte array [T, E_PAD] at (row, expert): one matmul per RANK_BLOCK columns (a reload of
+    the logits) on the tensor cores, (2 * strictly-lower + identity) @ picks = 2 * (picks of that
+    expert in earlier rows) + pick, so the pick flag and its rank come out together in the
+    accumulator layout. The last row of the
     same product is the program's counts row."""
     pid = tl.program_id(0)
     n_slots = n_tokens * K
@@ -350,11 +351,11 @@ def routing_rows_kernel(
     live = in_t[:, None] & (kk[None, :] < K)
     tl.store(ws_ptr + expt_o + slot, tl.where(row_ok[:, None], sel, -1), mask=live)
     tl.store(ws_ptr + w_o + slot, _key_value(bests, PACK32).to(tl.int32, bitcast=True), mask=live)
-    # ranks: [ROWS, Q * CH] blocks of 0/1 picks through one small matmul each
+    # ranks: [ROWS, RANK_BLOCK] blocks of 0/1 picks through one matmul each
     kth = tl.where(row_ok, best[K - 1], 2147483647 if PACK32 else 9223372036854775807)  # dead rows: none
     r = tl.arange(0, ROWS)
     tri = tl.where(r[None, :] < r[:, None], 2.0, tl.where(r[None, :] == r[:, None], 1.0, 0.0)).to(tl.float16)
-    NB: tl.constexpr = 16
+    NB: tl.constexpr = RANK_BLOCK
     rows64 = rows.to(tl.int64)
     for c0 in tl.static_range(0, E_PAD, NB):
         cols = c0 + tl.arange(0, NB)

@@ -135,7 +135,7 @@ def row_topk(x_ptr, stride_xt, stride_xe, rows, n_tokens, n_expts,
         t = _insert_chunk(t, tl.reshape(keys, [R, Q, CH]), CH)
     if Q > 1:
         if K_PAD == 1:
-            t = (tl.reduce(t, 1, _merge1),)
+            t = (tl.reduce(t[0], 1, _merge1),)
         elif K_PAD == 2:
             t = tl.reduce(t, 1, _merge2)
         elif K_PAD == 4:
