@@ -64,13 +64,14 @@ def test_round_trip_is_exact(cls, shape, mx_axis, k_contiguous):
         assert swizzled.is_contiguous() and tuple(swizzled.shape) == layout.swizzled_shape
         assert back.stride(mx_axis) == 1  # the form transformers passes in and saves back
         assert back.data_ptr() != swizzled.data_ptr()  # a fresh tensor, not a view of the padded storage
-        # Everything outside the logical data is zero padding (value layouts move nibbles, not bytes).
-        assert _nibble_sum(swizzled) == _nibble_sum(data)
+        # Everything outside the logical data is zero padding (value layouts move nibbles or bits,
+        # never create or drop a set bit).
+        assert _bit_count(swizzled) == _bit_count(data)
 
 
-def _nibble_sum(t: torch.Tensor) -> int:
+def _bit_count(t: torch.Tensor) -> int:
     t = t.to(torch.int64)
-    return int((t & 15).sum() + (t >> 4).sum())
+    return int(sum(((t >> b) & 1).sum() for b in range(8 * t.element_size())))
 
 
 def _flat_storage(data: torch.Tensor, a: OperandAddressing, n_e, k, n):
@@ -254,20 +255,58 @@ def test_layout_is_exported_as_a_base_class():
     assert isinstance(t.storage.layout, StridedLayout)
 
 
-def test_hopper_value_layout_stores_nibble_quads():
-    """Inside each 64-value K block, 16-bit little-endian word j holds values j, 16+j, 32+j, 48+j
-    in nibbles 0..3 (checked from the definition, not through quads_order)."""
+def _emulate_quads_ptx(ptx: str, unit: torch.Tensor) -> dict:
+    """The integer part of the quads decoder's inline PTX, run on int64 tensors of 32-bit units:
+    {q: the bf16x2 bit pattern that goes into the final scale FMA of output q}."""
+    regs, out, full = {"$4": unit}, {}, (1 << 32) - 1
+
+    def val(r):
+        return regs[r] if r in regs else int(r, 0)
+
+    for line in ptx.splitlines():
+        op, _, args = line.strip().rstrip(";").partition(" ")
+        a = [x.strip() for x in args.split(",")]
+        if op == "shf.l.wrap.b32":
+            x, r = val(a[1]), int(a[3])
+            regs[a[0]] = ((x << r) | (x >> (32 - r))) & full
+        elif op == "and.b32":
+            regs[a[0]] = val(a[1]) & val(a[2])
+        elif op == "mul.lo.u32":
+            regs[a[0]] = (val(a[1]) * val(a[2])) & full
+        elif op == "fma.rn.bf16x2" and a[0].startswith("$"):
+            out[int(a[0][1:])] = regs[a[1]]
+        elif op not in ("{", "}", ".reg", "mov.b32", "fma.rn.bf16x2"):
+            raise AssertionError(f"unexpected PTX: {line}")
+    return out
+
+
+@pytest.mark.parametrize("one_multiply", [False, True])
+def test_hopper_value_layout_units_decode_with_the_ptx_recipes(one_multiply):
+    """Inside each 64-value K block, the 32-bit unit t (16-bit words 2t, 2t+1, little endian) holds
+    values 16q + 2t and 16q + 2t + 1 for q = 0..3, where matmul_ogs's inline PTX decoder finds them:
+    its integer instructions (emulated here from the PTX text) give, for output q, value 16q + 2t in
+    the low bf16 lane and 16q + 2t + 1 in the high one as magnitude bits 6..8 and sign bit 15
+    (checked from the definition, not through quads_order)."""
+    from triton_kernels.matmul_ogs_details import _kernels
+
     k_bytes, n = 96, 5  # K = 192 values: three blocks (padded storage adds a fourth of zeros)
     data = random_bytes((k_bytes, n), seed=11)  # [K/2, N], value 2b in the low nibble of byte b
     layout = HopperMXValueLayout((k_bytes, n), mx_axis=0)
-    swizzled = layout.swizzle_data(data)
-    words = swizzled[:n].to(torch.int32)
-    words = words[:, 0::2] | (words[:, 1::2] << 8)  # [N, K_pad/4] 16-bit words
-    values = torch.stack((data & 15, data >> 4), dim=1).reshape(2 * k_bytes, n).to(torch.int32)  # [K, N]
-    for kv in range(2 * k_bytes):
+    swizzled = layout.swizzle_data(data)[:n].to(torch.int64)  # [N, K_pad/2] bytes
+    units = swizzled[:, 0::4] | swizzled[:, 1::4] << 8 | swizzled[:, 2::4] << 16 | swizzled[:, 3::4] << 24
+    values = torch.stack((data & 15, data >> 4), dim=1).reshape(2 * k_bytes, n).to(torch.int64)  # [K, N]
+    ptx = (_kernels._DECODE_QUADS_PTX_ONE_FMA if one_multiply else _kernels._DECODE_QUADS_PTX).value
+    pairs = _emulate_quads_ptx(ptx, units)
+    assert sorted(pairs) == [0, 1, 2, 3]
+
+    def bf16_bits(v):
+        return ((v & 7) << 6) | ((v >> 3) << 15)
+
+    for kv in range(0, 2 * k_bytes, 2):
         block, q, j = kv // 64, (kv % 64) // 16, kv % 16
-        assert torch.equal((words[:, 16 * block + j] >> (4 * q)) & 15, values[kv]), kv
-    assert int(words[:, 48:].abs().sum()) == 0  # the padding block
+        want = bf16_bits(values[kv]) | bf16_bits(values[kv + 1]) << 16
+        assert torch.equal(pairs[q][:, 8 * block + j // 2], want), kv
+    assert int(units[:, 24:].abs().sum()) == 0  # the padding block
     assert torch.equal(quads_order_inverse(quads_order(data.t().contiguous())), data.t())
 
 

@@ -27,6 +27,7 @@ import triton.language as tl
 
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from ..tensor_details.layout_details.mx import QUADS_DECODE_RECIPES
 from ._cast import cast_out
 
 # 2 * |E2M1| for magnitude codes 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6), four bits each, code 0 lowest:
@@ -143,8 +144,8 @@ def _mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
 DECODE_BYTES: tl.constexpr = tl.constexpr(0)  # byte tile, per-nibble bit patterns (any layout)
 DECODE_WORDS: tl.constexpr = tl.constexpr(1)  # 32-bit words of 8 nibbles, float32 bit placement
 DECODE_PTX: tl.constexpr = tl.constexpr(2)  # 32-bit words, bf16x2 pairs in inline PTX (CUDA, bf16 x)
-# nibble-quads storage (HopperMXValueLayout, OperandAddressing.nibble_quads): 16-bit words of four
-# values 16 apart, decoded elementwise into four MMA operands (Triton ops / inline PTX)
+# nibble-quads storage (HopperMXValueLayout, OperandAddressing.nibble_quads): 32-bit units (two 16-bit
+# words) of four value pairs 16 apart, decoded elementwise into four MMA operands (Triton ops / PTX)
 DECODE_QUADS: tl.constexpr = tl.constexpr(3)
 DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(4)
 DECODE_QUADS_PTX_SMALL_SCALES: tl.constexpr = tl.constexpr(5)  # every scale byte <= 128: one FMA per pair
@@ -176,11 +177,37 @@ def _decode_ptx(scale_regs: tuple[str, ...], one_multiply: bool = False) -> str:
 # One 32-bit word of eight E2M1 nibbles (nibble i = K offset i) -> nibbles (j, j+4) for j = 0..3,
 # all scaled by the pair $5.
 _DECODE_PAIRS_PTX: tl.constexpr = tl.constexpr(_decode_ptx(("$5",) * 4))
-# Two 16-bit quads words (the two lanes of $4) -> value q of both words (K offsets 16q + j and
-# 16q + j + 1 of their 64-value block), scaled by $5 (q = 0, 1: the block's first MX block) or $6
-# (q = 2, 3: its second).
-_DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(_decode_ptx(("$5", "$5", "$6", "$6")))
-_DECODE_QUADS_PTX_ONE_FMA: tl.constexpr = tl.constexpr(_decode_ptx(("$5", "$5", "$6", "$6"), one_multiply=True))
+
+
+def _decode_quads_ptx(one_multiply: bool = False) -> str:
+    """Inline PTX for the quads decoders: a 32-bit unit $4 (16-bit quads words j and j + 1 of a
+    64-value block, j even) -> bf16x2 register $q holding the values at K offsets 16q + j and
+    16q + j + 1, scaled by $5 (q = 0, 1: the block's first MX block) or $6 (q = 2, 3: its second).
+    HopperMXValueLayout stores each pair's eight bits where one of these recipes finds them
+    (`QUADS_DECODE_RECIPES` there; 10 integer operations for the four pairs instead of 13): a mask
+    (bits already in place), a rotation and a mask, a mask, a multiply by 2^a + 2^b (two shifted
+    copies that cannot carry into each other) and a mask, or a rotation first. The final mask keeps
+    bf16 bits 6..8 (three magnitude bits: exponent low bits + mantissa top bit) and 15 (sign) of
+    each lane: E2M1 * 2^-126 exactly; then the bf16x2 FMAs by 2^126 and by the scale, or one FMA
+    by 2^(s-1) with `one_multiply` (every scale <= 128), as in `_decode_ptx`."""
+    lines = ["{", ".reg .b32 t, c, nz;", "mov.b32 c, 0x7E807E80;", "mov.b32 nz, 0x80008000;"]
+    for q, (rotate, mask, multiply) in enumerate(QUADS_DECODE_RECIPES):
+        src = "$4"
+        if rotate:
+            lines.append(f"shf.l.wrap.b32 t, $4, $4, {rotate};")
+            src = "t"
+        if multiply:
+            lines += [f"and.b32 t, {src}, {mask:#010x};", f"mul.lo.u32 t, t, {multiply};"]
+            src = "t"
+        lines.append(f"and.b32 t, {src}, 0x81C081C0;")
+        if not one_multiply:
+            lines.append("fma.rn.bf16x2 t, t, c, nz;")
+        lines.append(f"fma.rn.bf16x2 ${q}, t, {('$5', '$5', '$6', '$6')[q]}, nz;")
+    return "\n".join(lines + ["}"])
+
+
+_DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(_decode_quads_ptx())
+_DECODE_QUADS_PTX_ONE_FMA: tl.constexpr = tl.constexpr(_decode_quads_ptx(one_multiply=True))
 
 
 @triton.jit
@@ -248,10 +275,53 @@ def _decode_words(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
     return tl.reshape(w, (BLOCK_N, BLOCK_K))
 
 
+def _signed32(v: int) -> int:
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+# QUADS_DECODE_RECIPES as constexprs (int32 bit patterns) for the Triton twin of the PTX decoder
+_BF16_PAIR_MASK: tl.constexpr = tl.constexpr(_signed32(0x81C081C0))
+_Q1_ROTATE: tl.constexpr = tl.constexpr(QUADS_DECODE_RECIPES[1][0])
+_Q1_ROTATE_BACK: tl.constexpr = tl.constexpr(32 - QUADS_DECODE_RECIPES[1][0])
+_Q1_ROTATE_LOW: tl.constexpr = tl.constexpr((1 << QUADS_DECODE_RECIPES[1][0]) - 1)
+_Q2_MASK: tl.constexpr = tl.constexpr(_signed32(QUADS_DECODE_RECIPES[2][1]))
+_Q2_MULTIPLY: tl.constexpr = tl.constexpr(QUADS_DECODE_RECIPES[2][2])
+_Q3_ROTATE: tl.constexpr = tl.constexpr(QUADS_DECODE_RECIPES[3][0])
+_Q3_ROTATE_BACK: tl.constexpr = tl.constexpr(32 - QUADS_DECODE_RECIPES[3][0])
+_Q3_ROTATE_LOW: tl.constexpr = tl.constexpr((1 << QUADS_DECODE_RECIPES[3][0]) - 1)
+_Q3_MASK: tl.constexpr = tl.constexpr(_signed32(QUADS_DECODE_RECIPES[3][1]))
+_Q3_MULTIPLY: tl.constexpr = tl.constexpr(QUADS_DECODE_RECIPES[3][2])
+if QUADS_DECODE_RECIPES[0] != (0, 0, 0) or QUADS_DECODE_RECIPES[1][1:] != (0, 0) or QUADS_DECODE_RECIPES[2][0]:
+    raise AssertionError("_quads_pair_bits below follows the shape of QUADS_DECODE_RECIPES")
+
+
 @triton.jit
-def _quads_value(w16, Q: tl.constexpr, scale, out_dtype):
-    """Nibble Q of 16-bit quads words (int32), decoded and scaled (float32 scale), in out_dtype."""
-    return (_e2m1_bits((w16 >> (4 * Q)) & 15) * scale).to(out_dtype)
+def _rotate_left(t, R: tl.constexpr, R_BACK: tl.constexpr, LOW: tl.constexpr):
+    """int32 rotation left by R (R_BACK = 32 - R, LOW = 2^R - 1: the arithmetic shift's fill masked off)."""
+    return (t << R) | ((t >> R_BACK) & LOW)
+
+
+@triton.jit
+def _quads_pair_bits(unit, Q: tl.constexpr):
+    """Pair Q of int32 units (quads words j | j + 1 << 16) as bf16x2 bits holding E2M1 * 2^-126 in
+    each lane: the PTX decoder's recipe (QUADS_DECODE_RECIPES) in Triton integer ops."""
+    if Q == 1:
+        unit = _rotate_left(unit, _Q1_ROTATE, _Q1_ROTATE_BACK, _Q1_ROTATE_LOW)
+    elif Q == 2:
+        unit = (unit & _Q2_MASK) * _Q2_MULTIPLY
+    elif Q == 3:
+        unit = (_rotate_left(unit, _Q3_ROTATE, _Q3_ROTATE_BACK, _Q3_ROTATE_LOW) & _Q3_MASK) * _Q3_MULTIPLY
+    return unit & _BF16_PAIR_MASK
+
+
+@triton.jit
+def _quads_value(unit, Q: tl.constexpr, scale, out_dtype, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Value Q of the two words of each unit, [BLOCK_N, BLOCK_K/4] in word order, scaled (float32
+    scale per word; the 2^126 is its own multiply, as in `_word_value`), in out_dtype."""
+    pair = _quads_pair_bits(unit, Q)
+    lanes = tl.join(pair << 16, pair & -65536)  # each lane's bf16 bits as float32 bits
+    lanes = tl.reshape(lanes.to(tl.float32, bitcast=True), (BLOCK_N, BLOCK_K // 4))
+    return ((lanes * _TWO_POW_126) * scale).to(out_dtype)
 
 
 @triton.jit
@@ -267,18 +337,21 @@ def _quads_scales(s, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 @triton.jit
 def _decode_quads(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """[BLOCK_N, BLOCK_K/4] 16-bit quads words and [BLOCK_N, BLOCK_K/32] E8M0 scales -> the
-    [BLOCK_N, BLOCK_K] weight tile in K order. Each word is decoded elementwise into its four
-    values (nibble q = K offset 16q + j of its 64-value block); joining the four results and
-    moving q above j is a relabelling that matches wgmma's register layout of the left operand,
+    [BLOCK_N, BLOCK_K] weight tile in K order. Each unit of words j, j + 1 (j even) is decoded
+    elementwise into its four pairs (pair q = K offsets 16q + j, 16q + j + 1 of its 64-value block,
+    by the recipes of QUADS_DECODE_RECIPES: inline PTX on CUDA, the same integer ops in Triton
+    otherwise); joining the four results and moving q above j is a relabelling that matches
+    wgmma's register layout of the left operand,
     so Triton loads the words from shared memory straight into that layout (no conversion of the
     decoded tile; benchmarks/NOTES_matmul_perf.md section 7)."""
     if DECODE == DECODE_QUADS:
-        w16 = words.to(tl.int32) & 0xFFFF
+        low, high = tl.split(tl.reshape(words.to(tl.int32), (BLOCK_N, BLOCK_K // 8, 2)))
+        unit = (low & 0xFFFF) | (high << 16)
         s_lo, s_hi = _quads_scales(_e8m0(s.to(tl.int32)), BLOCK_N, BLOCK_K)
-        w0 = _quads_value(w16, 0, s_lo, out_dtype)
-        w1 = _quads_value(w16, 1, s_lo, out_dtype)
-        w2 = _quads_value(w16, 2, s_hi, out_dtype)
-        w3 = _quads_value(w16, 3, s_hi, out_dtype)
+        w0 = _quads_value(unit, 0, s_lo, out_dtype, BLOCK_N, BLOCK_K)
+        w1 = _quads_value(unit, 1, s_lo, out_dtype, BLOCK_N, BLOCK_K)
+        w2 = _quads_value(unit, 2, s_hi, out_dtype, BLOCK_N, BLOCK_K)
+        w3 = _quads_value(unit, 3, s_hi, out_dtype, BLOCK_N, BLOCK_K)
     else:  # inline PTX: the general form, or one multiply when every scale is <= 128
         if DECODE == DECODE_QUADS_PTX_SMALL_SCALES:
             asm: tl.constexpr = _DECODE_QUADS_PTX_ONE_FMA

@@ -27,9 +27,11 @@ needed. `operand_addressing(t)` gives it for a wrapped `tensor.Tensor`.
   BLOCK_N <= 128 need no masks on weight loads. G = 1, stride_k = 1, stride_n = K_pad,
   stride_e = N_pad*K_pad. (gpt-oss: K = 2880 -> 1440 bytes -> 1472, 2% padding.)
   Inside each 64-value K block (32 bytes) the nibbles are in the nibble-quads order
-  (`layout_details.mx.quads_order`; addressing.nibble_quads): 16-bit word j holds the block's
-  values j, 16+j, 32+j, 48+j. A kernel decodes each word elementwise into four MMA operand
-  slices, which lets Triton load the words straight into wgmma's register layout.
+  (`layout_details.mx.quads_order`; addressing.nibble_quads): the 32-bit unit of 16-bit words
+  j, j+1 (j even) holds the block's values j, j+1, 16+j, 17+j, 32+j, 33+j, 48+j, 49+j, each bit
+  where the decoder's integer recipe takes it. A kernel decodes each unit elementwise into four
+  bf16 pairs of MMA operand slices, which lets Triton load the words straight into wgmma's
+  register layout.
 * HopperMXScaleLayout and BlackwellMXScaleLayout: storage [E, ceil(K32/G), N_pad, G] bytes with
   G = 4 and N_pad = N rounded up to 128: stride_k_inner = 1, stride_n = G,
   stride_k_group = N_pad*G, stride_e = ceil(K32/G)*N_pad*G. The G scales one column needs for a

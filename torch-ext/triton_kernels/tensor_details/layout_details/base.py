@@ -16,10 +16,11 @@ class OperandAddressing:
     elements from `data.data_ptr()`. k counts storage units along K: packed bytes for FP4
     values, scale blocks for MX scales. stride_e is 0 for 2-D operands.
 
-    `nibble_quads`: FP4 values whose nibbles are permuted inside each 64-value K block (32 bytes,
-    read as 16 little-endian 16-bit words: nibble q of word j is K offset 16*q + j of the block;
-    see layout_details.mx.quads_order). The formula then locates the block's bytes, and a kernel
-    decodes each word into four values 16 apart, which keeps the decode elementwise.
+    `nibble_quads`: FP4 values permuted inside each 64-value K block (32 bytes, read as 16
+    little-endian 16-bit words; the unit of words j, j+1 (j even) holds K offsets 16*q + j and
+    16*q + j + 1 of the block for q = 0..3, bits placed for the decoder; see
+    layout_details.mx.quads_order). The formula then locates the block's bytes, and a kernel
+    decodes each unit into four pairs of values 16 apart, which keeps the decode elementwise.
     """
 
     stride_e: int

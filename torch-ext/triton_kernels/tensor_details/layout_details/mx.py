@@ -69,6 +69,57 @@ class _MXLayout(Layout):
 
 QUADS_BLOCK_BYTES = 32  # one 64-value K block of the nibble-quads order
 
+# How the decoder of matmul_ogs (inline PTX) turns a 32-bit unit (quads words j, j + 1, j even)
+# into the bf16x2 pair q (the units' values 16q + j, 16q + j + 1): (rotate left by, mask, multiply
+# by) before the final mask _BF16_PAIR_BITS; 0 = that step is skipped. The storage puts every
+# value's bits where its recipe finds them (`_unit_bit_sources`). Found by an exhaustive search over
+# such recipes: 10 integer operations for the four pairs (13 with the nibbles in place).
+QUADS_DECODE_RECIPES = ((0, 0, 0), (6, 0, 0), (0, 0x20382038, 36), (12, 0x05C005C0, 33))
+# a bf16x2 pair's E2M1 bits: magnitude at bits 6..8 (mantissa top, exponent low bits), sign at 15
+_BF16_PAIR_TARGETS = (6, 7, 8, 15, 22, 23, 24, 31)  # (lane 0: bits 0..3 of the nibble, lane 1: same)
+
+
+def _unit_bit_sources() -> tuple[int, ...]:
+    """For each bit of a unit in plain nibble order (bit 16h + 4q + b: nibble bit b of value q of
+    word h), where the quads storage keeps it, derived from QUADS_DECODE_RECIPES."""
+    sources = [0] * 32
+    for q, (rotate, mask, multiply) in enumerate(QUADS_DECODE_RECIPES):
+        shifts = [i for i in range(32) if multiply >> i & 1] or [0]
+        for i, target in enumerate(_BF16_PAIR_TARGETS):
+            if multiply:  # the masked bit that lands on the target; exactly one does (checked below)
+                (pos,) = [target - a for a in shifts if target - a >= 0 and mask >> (target - a) & 1]
+            else:
+                pos = target
+            sources[16 * (i // 4) + 4 * q + i % 4] = (pos - rotate) % 32
+    if sorted(sources) != list(range(32)):
+        raise AssertionError("QUADS_DECODE_RECIPES do not place every bit of a unit once")
+    return tuple(sources)
+
+
+_UNIT_BIT_SOURCES = _unit_bit_sources()
+_UNIT_LUTS: dict = {}
+
+
+def _permute_unit_bits(packed: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """Bytes [..., K'] (K' a multiple of 4): the bits of every 4-byte little-endian unit moved from
+    plain nibble order to the quads storage's places (or back), through one 256-entry table per
+    byte of the unit."""
+    key = (inverse, packed.device)
+    if key not in _UNIT_LUTS:
+        dest = [0] * 32
+        for plain, stored in enumerate(_UNIT_BIT_SOURCES):
+            dest[stored if inverse else plain] = plain if inverse else stored
+        values = torch.arange(256)
+        lut = torch.zeros(4, 256, dtype=torch.int64)
+        for bit in range(32):
+            lut[bit // 8] |= ((values >> (bit % 8)) & 1) << dest[bit]
+        _UNIT_LUTS[key] = lut.to(packed.device)
+    lut = _UNIT_LUTS[key]
+    units = packed.reshape(packed.shape[:-1] + (-1, 4)).long()
+    moved = lut[0][units[..., 0]] | lut[1][units[..., 1]] | lut[2][units[..., 2]] | lut[3][units[..., 3]]
+    out = torch.stack([(moved >> (8 * i)) & 255 for i in range(4)], dim=-1)
+    return out.to(packed.dtype).reshape(packed.shape)
+
 
 def _transpose_nibbles(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Packed FP4 bytes [..., K'] (value 2b in the low nibble of byte b): every run of rows * cols
@@ -87,18 +138,23 @@ def quads_order(nk: torch.Tensor) -> torch.Tensor:
     values in nibble-quads order: in each 32-byte block, 16-bit little-endian word j holds the
     block's values j, 16 + j, 32 + j, 48 + j in its nibbles 0..3 (the block's 64 values as a
     [4, 16] matrix, transposed). A kernel that loads word j decodes four values that sit at the
-    same position of four 16-value K slices, elementwise (see matmul_ogs_details._kernels)."""
-    return _transpose_nibbles(nk, 4, 16)
+    same position of four 16-value K slices, elementwise (see matmul_ogs_details._kernels). Then
+    the bits of each 32-bit unit (words j, j + 1, j even) are moved to where the decoder's recipes
+    take them from (QUADS_DECODE_RECIPES): the unit still holds the same eight values."""
+    return _permute_unit_bits(_transpose_nibbles(nk, 4, 16), inverse=False)
 
 
 def quads_order_inverse(quads: torch.Tensor) -> torch.Tensor:
     """Inverse of `quads_order`."""
-    return _transpose_nibbles(quads, 16, 4)
+    if quads.shape[-1] % QUADS_BLOCK_BYTES:
+        raise ValueError(f"nibble-quads order: the last dim of the packed bytes must be a multiple of "
+                         f"{QUADS_BLOCK_BYTES} (one 64-value block), got {quads.shape[-1]}")
+    return _transpose_nibbles(_permute_unit_bits(quads, inverse=True), 16, 4)
 
 
 class HopperMXValueLayout(_MXLayout):
     """Values N-major: storage [E, N_pad, K_pad] (or [N_pad, K_pad]), each column's K bytes contiguous,
-    nibbles in the quads order inside each 64-value K block (`quads_order`).
+    values in the quads order inside each 64-value K block (`quads_order`).
 
     K_pad = K rounded up to `k_align` storage units (64 bytes = 128 FP4 values: one BLOCK_K=128
     tile, four 16-byte loads per column; at least 32, one quads block), N_pad = N rounded up to
