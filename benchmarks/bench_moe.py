@@ -118,7 +118,7 @@ def bench_shape(layer, bf16: Bf16Path | None, n_tokens, machine, layout_name) ->
     row["down_graph_us"] = median_us(lambda: layer.down(h, rd, si, y=out), graph=True)
     row["layer_graph_us"] = median_us(layer_call, graph=True)
     row["layer_eager_us"] = median_us(layer_call, graph=False)
-    if n_tokens * TOPK <= 2 * n_expts:
+    if n_tokens * TOPK <= 2 * layer.n_expts:
         # The experts hit by one call weigh about as much as the L2 cache (4 experts: 53 MB at T = 1), so a
         # repeated call partly reads its weights from L2, which a model of many layers never does: time
         # COLD_SETS calls routed to different experts back to back instead (weights from DRAM), the
