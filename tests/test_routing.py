@@ -227,7 +227,7 @@ def test_routing_matches_reference(case, ties, path, device, poisoned_workspace)
 
 def test_every_path_is_exercised(monkeypatch):
     """The CASES above cover: one fused tile, several fused tiles, and the split path with
-    several top-k programs of several tiles each, and the rows path with 1 and 4 threads per row."""
+    several top-k programs of several tiles each, and the rows path (4 threads per row)."""
     seen = set()
     for fused_max, rows_path in [(routing_details.FUSED_MAX_TILES, True), (0, True), (0, False), (1 << 30, True)]:
         for c in CASES:
@@ -243,7 +243,7 @@ def test_every_path_is_exercised(monkeypatch):
                     seen.add("split-multi-tile")
                 if plan.rows_per_part > plan.place_rows:
                     seen.add("split-multi-place-step")
-    assert {"fused-one-tile", "fused-tiles", "split-multi-program", "split-multi-tile", "rows-q1-multi-program",
+    assert {"fused-one-tile", "fused-tiles", "split-multi-program", "split-multi-tile",
             "rows-q4-multi-program"} <= seen, seen
 
 

@@ -127,8 +127,11 @@ def _split_keys_per_thread(e_pad: int) -> int:
 
 SPLIT_MIN_WARPS = 4
 SPLIT_MAX_WARPS = 8
-ROWS_Q_WIDE = 4  # rows path: threads per row at E >= 64, and below
-ROWS_Q_NARROW = 1
+ROWS_Q = 4  # rows path: threads per row
+# The rows path is taken from E_pad = 64 on: at E = 32 the H100 measured it no faster (16384 tokens:
+# 10.3 vs 10.6 us) or slower (4096: 8.4 vs 6.9), and its one-thread-per-row form (k = 8, 128 rows
+# per program) did not finish a GPU test within minutes (NOTES_routing_perf.md).
+ROWS_MIN_E_PAD = 64
 
 
 def _rows_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, rows: int, q: int,
@@ -167,10 +170,9 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
         sizes = _layout(n_slots, n_local, 1, e_pad)
         return RoutingPlan(True, e_pad, k_pad, block_t, 1, 1, num_warps, block_t, 1, 1, place_rows, 1,
                            _map_block(e_pad, num_warps), block_t <= 2 * num_warps, sizes, sum(sizes))
-    if rows_path and not user and not sm_first and k <= 8 and e_pad <= 256:
+    if rows_path and not user and not sm_first and k <= 8 and ROWS_MIN_E_PAD <= e_pad <= 256:
         rows = max(16, min(ROWS_MAX, _next_pow2(triton.cdiv(n_tokens, max(1, target_programs)))))
-        q = ROWS_Q_WIDE if e_pad >= 64 else ROWS_Q_NARROW
-        return _rows_plan(n_tokens, n_expts, k, simulated_ep, rows, q)
+        return _rows_plan(n_tokens, n_expts, k, simulated_ep, rows, ROWS_Q)
     # split: about target_programs top-k programs of at most SPLIT_MAX_WARPS warps, each tile
     # holding `_split_keys_per_thread` keys per thread
     per_thread = _split_keys_per_thread(e_pad) // (2 if sm_first else 1)
