@@ -27,7 +27,7 @@ import triton.language as tl
 
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from ..tensor_details.layout_details.mx import QUADS_DECODE_RECIPES
+from ..tensor_details.layout_details.mx import E2M1_BF16_PAIR_MASK, QUADS_DECODE_RECIPES
 from ._cast import cast_out
 
 # 2 * |E2M1| for magnitude codes 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6), four bits each, code 0 lowest:
@@ -152,6 +152,9 @@ DECODE_QUADS_PTX_SMALL_SCALES: tl.constexpr = tl.constexpr(5)  # every scale byt
 
 _TWO_POW_126: tl.constexpr = tl.constexpr(8.507059173023462e37)
 
+_PAIR_MASK_HEX = f"0x{E2M1_BF16_PAIR_MASK:08X}"
+
+
 def _decode_ptx(scale_regs: tuple[str, ...], one_multiply: bool = False) -> str:
     """Inline PTX for the bf16x2 decoders: a 32-bit register $4 -> four bf16x2 registers $0..$3,
     output q holding nibbles q of the two 16-bit lanes (q = 0, 1 from the low byte of each lane,
@@ -167,7 +170,7 @@ def _decode_ptx(scale_regs: tuple[str, ...], one_multiply: bool = False) -> str:
     lines = ["{", ".reg .b32 t, u, c, nz;", "mov.b32 c, 0x7E807E80;", "mov.b32 nz, 0x80008000;", "shr.u32 u, $4, 8;"]
     for q in range(4):
         src, mask, mul = ("$4", "u")[q // 2], ("0x000F000F", "0x00F000F0")[q % 2], ("0x1040", "0x104")[q % 2]
-        lines += [f"and.b32 t, {src}, {mask};", f"mul.lo.u32 t, t, {mul};", "and.b32 t, t, 0x81C081C0;"]
+        lines += [f"and.b32 t, {src}, {mask};", f"mul.lo.u32 t, t, {mul};", f"and.b32 t, t, {_PAIR_MASK_HEX};"]
         if not one_multiply:
             lines.append("fma.rn.bf16x2 t, t, c, nz;")
         lines.append(f"fma.rn.bf16x2 ${q}, t, {scale_regs[q]}, nz;")
@@ -199,7 +202,7 @@ def _decode_quads_ptx(one_multiply: bool = False) -> str:
         if multiply:
             lines += [f"and.b32 t, {src}, {mask:#010x};", f"mul.lo.u32 t, t, {multiply};"]
             src = "t"
-        lines.append(f"and.b32 t, {src}, 0x81C081C0;")
+        lines.append(f"and.b32 t, {src}, {_PAIR_MASK_HEX};")
         if not one_multiply:
             lines.append("fma.rn.bf16x2 t, t, c, nz;")
         lines.append(f"fma.rn.bf16x2 ${q}, t, {('$5', '$5', '$6', '$6')[q]}, nz;")
@@ -279,38 +282,23 @@ def _signed32(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-# QUADS_DECODE_RECIPES as constexprs (int32 bit patterns) for the Triton twin of the PTX decoder
-_BF16_PAIR_MASK: tl.constexpr = tl.constexpr(_signed32(0x81C081C0))
-_Q1_ROTATE: tl.constexpr = tl.constexpr(QUADS_DECODE_RECIPES[1][0])
-_Q1_ROTATE_BACK: tl.constexpr = tl.constexpr(32 - QUADS_DECODE_RECIPES[1][0])
-_Q1_ROTATE_LOW: tl.constexpr = tl.constexpr((1 << QUADS_DECODE_RECIPES[1][0]) - 1)
-_Q2_MASK: tl.constexpr = tl.constexpr(_signed32(QUADS_DECODE_RECIPES[2][1]))
-_Q2_MULTIPLY: tl.constexpr = tl.constexpr(QUADS_DECODE_RECIPES[2][2])
-_Q3_ROTATE: tl.constexpr = tl.constexpr(QUADS_DECODE_RECIPES[3][0])
-_Q3_ROTATE_BACK: tl.constexpr = tl.constexpr(32 - QUADS_DECODE_RECIPES[3][0])
-_Q3_ROTATE_LOW: tl.constexpr = tl.constexpr((1 << QUADS_DECODE_RECIPES[3][0]) - 1)
-_Q3_MASK: tl.constexpr = tl.constexpr(_signed32(QUADS_DECODE_RECIPES[3][1]))
-_Q3_MULTIPLY: tl.constexpr = tl.constexpr(QUADS_DECODE_RECIPES[3][2])
-if QUADS_DECODE_RECIPES[0] != (0, 0, 0) or QUADS_DECODE_RECIPES[1][1:] != (0, 0) or QUADS_DECODE_RECIPES[2][0]:
-    raise AssertionError("_quads_pair_bits below follows the shape of QUADS_DECODE_RECIPES")
-
-
-@triton.jit
-def _rotate_left(t, R: tl.constexpr, R_BACK: tl.constexpr, LOW: tl.constexpr):
-    """int32 rotation left by R (R_BACK = 32 - R, LOW = 2^R - 1: the arithmetic shift's fill masked off)."""
-    return (t << R) | ((t >> R_BACK) & LOW)
+# QUADS_DECODE_RECIPES as int32 operands for their Triton twin, per pair q: (rotate, 32 - rotate,
+# 2^rotate - 1 (the arithmetic shift's fill masked off), mask, multiply)
+_QUADS_RECIPE_OPS: tl.constexpr = tl.constexpr(tuple(
+    (rotate, 32 - rotate, (1 << rotate) - 1, _signed32(mask), multiply) for rotate, mask, multiply in QUADS_DECODE_RECIPES))
+_BF16_PAIR_MASK: tl.constexpr = tl.constexpr(_signed32(E2M1_BF16_PAIR_MASK))
 
 
 @triton.jit
 def _quads_pair_bits(unit, Q: tl.constexpr):
     """Pair Q of int32 units (quads words j | j + 1 << 16) as bf16x2 bits holding E2M1 * 2^-126 in
     each lane: the PTX decoder's recipe (QUADS_DECODE_RECIPES) in Triton integer ops."""
-    if Q == 1:
-        unit = _rotate_left(unit, _Q1_ROTATE, _Q1_ROTATE_BACK, _Q1_ROTATE_LOW)
-    elif Q == 2:
-        unit = (unit & _Q2_MASK) * _Q2_MULTIPLY
-    elif Q == 3:
-        unit = (_rotate_left(unit, _Q3_ROTATE, _Q3_ROTATE_BACK, _Q3_ROTATE_LOW) & _Q3_MASK) * _Q3_MULTIPLY
+    ROTATE: tl.constexpr = _QUADS_RECIPE_OPS[Q][0]
+    MULTIPLY: tl.constexpr = _QUADS_RECIPE_OPS[Q][4]
+    if ROTATE:
+        unit = (unit << ROTATE) | ((unit >> _QUADS_RECIPE_OPS[Q][1]) & _QUADS_RECIPE_OPS[Q][2])
+    if MULTIPLY:
+        unit = (unit & _QUADS_RECIPE_OPS[Q][3]) * MULTIPLY
     return unit & _BF16_PAIR_MASK
 
 

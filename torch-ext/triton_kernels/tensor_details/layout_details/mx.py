@@ -71,12 +71,13 @@ QUADS_BLOCK_BYTES = 32  # one 64-value K block of the nibble-quads order
 
 # How the decoder of matmul_ogs (inline PTX) turns a 32-bit unit (quads words j, j + 1, j even)
 # into the bf16x2 pair q (the units' values 16q + j, 16q + j + 1): (rotate left by, mask, multiply
-# by) before the final mask _BF16_PAIR_BITS; 0 = that step is skipped. The storage puts every
+# by) before the final mask E2M1_BF16_PAIR_MASK; 0 = that step is skipped. The storage puts every
 # value's bits where its recipe finds them (`_unit_bit_sources`). Found by an exhaustive search over
 # such recipes: 10 integer operations for the four pairs (13 with the nibbles in place).
 QUADS_DECODE_RECIPES = ((0, 0, 0), (6, 0, 0), (0, 0x20382038, 36), (12, 0x05C005C0, 33))
 # a bf16x2 pair's E2M1 bits: magnitude at bits 6..8 (mantissa top, exponent low bits), sign at 15
 _BF16_PAIR_TARGETS = (6, 7, 8, 15, 22, 23, 24, 31)  # (lane 0: bits 0..3 of the nibble, lane 1: same)
+E2M1_BF16_PAIR_MASK = sum(1 << t for t in _BF16_PAIR_TARGETS)  # 0x81C081C0
 
 
 def _unit_bit_sources() -> tuple[int, ...]:
