@@ -48,6 +48,17 @@ def routing(logits, k):
     return route(logits, k)
 
 
+def cold_logits(n_tokens, n_expts, index):
+    """Router logits for the index-th of several calls timed back to back with weights from DRAM: fresh
+    random logits, and at T = 1 a bonus on experts TOPK*index .. TOPK*index + TOPK-1 (mod E) so that
+    consecutive calls hit disjoint experts (one call's 4 experts would otherwise partly stay in L2)."""
+    logits = torch.randn(n_tokens, n_expts, device="cuda")
+    if n_tokens == 1:
+        first = (index * TOPK) % n_expts
+        logits[:, first:first + TOPK] += 10 + torch.arange(TOPK, device="cuda")
+    return logits
+
+
 def mx_weight(n_expts, k, n, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
     codes = torch.randint(0, 256, (n_expts, n, k // 2), generator=g, dtype=torch.uint8, device="cuda").transpose(1, 2)

@@ -128,11 +128,7 @@ def bench_shape(layer, bf16: Bf16Path | None, n_tokens, machine, layout_name) ->
         sets = []
         for i in range(COLD_SETS):
             xi = torch.randn(n_tokens, HIDDEN, device="cuda").bfloat16()
-            li = torch.randn(n_tokens, layer.n_expts, device="cuda")
-            if n_tokens == 1:
-                first = (i * TOPK) % layer.n_expts
-                li[:, first:first + TOPK] += 10 + torch.arange(TOPK, device="cuda")
-            li = li.bfloat16()
+            li = bm.cold_logits(n_tokens, layer.n_expts, i).bfloat16()
             rdi, gii, sii = routing(li, TOPK)
             sets.append((xi, li, rdi, gii, sii, torch.empty_like(h), torch.empty_like(out)))
 

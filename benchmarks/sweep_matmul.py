@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
-from bench_matmul import HIDDEN, INTER, TOPK, Layer, rel_err, routing, weight_bytes  # noqa: E402
+from bench_matmul import HIDDEN, INTER, TOPK, Layer, cold_logits, rel_err, routing, weight_bytes  # noqa: E402
 from triton_kernels.matmul_ogs import MatmulConfig  # noqa: E402
 from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
 from triton_kernels.matmul_ogs_details.configs import choose_config  # noqa: E402
@@ -101,17 +101,9 @@ def kernel_stats(keys):
 
 
 def cold_routings(n_tokens, n_expts, n_sets):
-    """n_sets routings of n_tokens rows whose experts change from one to the next (for T = 1: disjoint sets of
-    TOPK experts, cycling through all E; else fresh random logits), so timing them back to back reads the
-    weights from DRAM."""
-    out = []
-    for i in range(n_sets):
-        logits = torch.randn(n_tokens, n_expts, device="cuda")
-        if n_tokens == 1:
-            first = (i * TOPK) % n_expts
-            logits[:, first:first + TOPK] += 10 + torch.arange(TOPK, device="cuda")
-        out.append(routing(logits, TOPK))
-    return out
+    """n_sets routings whose experts change from one to the next (bench_matmul.cold_logits), so timing
+    them back to back reads the weights from DRAM."""
+    return [routing(cold_logits(n_tokens, n_expts, i), TOPK) for i in range(n_sets)]
 
 
 def main():
