@@ -28,9 +28,10 @@ Two paths:
   a counts row per program; launch 2, `routing_place_kernel`, sums the P counts rows (totals, and
   the prefix before each program), stores every slot at its position with its softmax weight and
   shares the ExptData work among its programs. Launch 1 is `routing_rows_kernel` (the rows path)
-  unless there are user indices, sm_first or k > 8: one row tile of ROWS rows per program, Q
-  threads per row, each row's top-k by insertion in registers (`topk_details.row_topk`); the
-  picks are the keys >= the k-th, and their ranks come from one matmul per 16-column block,
+  from E_pad = 64 on unless there are user indices, sm_first or k > 8: one row tile of ROWS rows
+  per program, Q threads per row, each row's top-k by insertion in registers
+  (`topk_details.row_topk`); the picks are the keys >= the k-th, and their ranks come from one
+  matmul per block of up to RANK_BLOCK_MAX columns,
   (2 * strictly-lower + identity) @ picks, whose accumulator holds 2 * rank + pick, stored as
   bytes at (row, expert) in a [T, E_PAD] scratch that the placement reads back. Otherwise launch 1
   is `routing_topk_kernel` (P programs of `n_iter` tiles, `select_tile` and `_rank_tile`).
