@@ -9,8 +9,10 @@
    - eager: wall time per call of back-to-back `routing` calls (host work, allocation and
      launches included), CUDA events around a batch, median of several batches;
    - graphed: one `routing` captured in a CUDA graph, CUDA events around each replay, median
-     over many replays (`graph_x16` also reports a graph of 16 calls / 16, i.e. without the
-     per-replay launch latency);
+     over many replays, with the host ahead of the GPU (`time_graph_us`: the replays are queued
+     behind a sleep kernel, so the host's submission time stays out); `graph_x16` also reports a
+     graph of 16 calls / 16 (no per-replay graph launch), and the JSON keeps `graph_host_paced_us`
+     (events around replays submitted one by one to an idle GPU, as tables before 2026-11-23);
    - torch: `routing_torch` eagerly, same method as eager.
    Targets (SPEC section 5): graphed <= 15 us, eager <= 40 us up to 16k tokens.
 3. Per-kernel GPU time (torch.profiler) for the largest shape, to show where the time goes.
@@ -122,18 +124,31 @@ def time_eager_us(fn, reps: int, batches: int = 7) -> float:
     return statistics.median(per_call)
 
 
-def time_graph_us(fn, reps: int, n_calls: int = 1) -> float:
+def time_graph_us(fn, reps: int, n_calls: int = 1, host_ahead: bool = True) -> float:
+    """Median over `reps` replays of a graph of `n_calls` calls, CUDA events around each replay,
+    per call. host_ahead: the GPU first runs a sleep kernel long enough for the host to queue all
+    the replays (in chunks), so each replay's events measure the GPU work and the graph's launch on
+    the GPU, not how fast the host submits it (a model's step replays its graph while the host is
+    ahead). Without it the GPU idles between the start event and the replay's first kernel for as
+    long as the host takes to submit, 3-15 us on the lent machine, varying from run to run."""
     graph, _ = capture(fn, n_calls)
     for _ in range(10):
         graph.replay()
     torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) * 1000 for s, e in events) / n_calls
+    times = []
+    chunk = 50 if host_ahead else reps
+    for c0 in range(0, reps, chunk):
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(min(chunk, reps - c0))]
+        if host_ahead:
+            torch.cuda._sleep(40_000_000)  # ~20 ms at 2 GHz: more than queueing 50 replays takes
+        for start, end in events:
+            start.record()
+            graph.replay()
+            end.record()
+        torch.cuda.synchronize()
+        times += [s.elapsed_time(e) * 1000 for s, e in events]
+    return statistics.median(times) / n_calls
 
 
 def kernel_breakdown(n_tokens, n_expts, k, dtype) -> dict:
@@ -162,16 +177,25 @@ def plan_summary(n_tokens, n_expts, k) -> dict:
 
 
 def sweep_rows_variants(tp: int) -> dict:
-    """The rows path (`routing_rows_kernel`): rows per program x threads per row, and the old split plan."""
+    """The rows path (`routing_rows_kernel`, 4 threads per row): rows per program x placement
+    warps, and the old split plan."""
+    import dataclasses
     orig = routing_details.make_routing_plan
     cases = {}
-    for n_tokens, n_expts in ((16384, 128), (4096, 128), (16384, 32)):
+    for n_tokens, n_expts in ((16384, 128), (4096, 128)):
         v = [("auto", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)),
              ("old split", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES, False, False))]
         for rows in (32, 64, 128):
-            for q in (1, 4):
-                v.append((f"rows={rows} q={q}", routing_details._rows_plan(n_tokens, n_expts, TOPK, 1, rows, q)))
+            for pw in (4, 8):
+                plan = routing_details._rows_plan(n_tokens, n_expts, TOPK, 1, rows, routing_details.ROWS_Q, pw)
+                v.append((f"rows={rows} place_warps={pw} part_rows={plan.part_rows}", plan))
         cases[(n_tokens, n_expts)] = v
+    for n_tokens in (8, 16, 32, 64, 128, 256):  # fused (one program) against split, small T
+        for n_expts in (32, 128):
+            v = [("auto", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)),
+                 ("fused", orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)),
+                 ("split", orig(n_tokens, n_expts, TOPK, 1, False, tp, 0))]
+            cases[(n_tokens, n_expts)] = v
     return cases
 
 
@@ -220,6 +244,34 @@ def sweep_variants(tp: int, focused: bool = False) -> dict:
                                   split(n_tokens, n_expts, TOPK, 1, bt, n_iter, nw, ppp, pw)))
         cases[(n_tokens, n_expts)] = v
     return cases
+
+
+def sweep_flags(dtype, reps: int) -> list[dict]:
+    """The split path's programmatic dependent launch of the placement on and off (each twice, to
+    show the spread), and the split path against the fused one at T = 64."""
+    out = []
+    flags = [dict(PDL=True), dict(PDL=False), dict(PDL=True), dict(PDL=False)]  # twice: the spread
+    shapes = [(n_tokens, n_expts, fused_max) for n_tokens in (4096, 16384) for n_expts in (32, 128)
+              for fused_max in (routing_details.FUSED_MAX_TILES,)]
+    shapes += [(64, n_expts, fused_max) for n_expts in (32, 128) for fused_max in (routing_details.FUSED_MAX_TILES, 0)]
+    saved = {name: getattr(routing_details, name) for name in ("PDL", "FUSED_MAX_TILES")}
+    for n_tokens, n_expts, fused_max in shapes:
+        logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
+        for f in flags if n_tokens > 64 or fused_max == 0 else flags[:1]:
+            for name, value in dict(f, FUSED_MAX_TILES=fused_max).items():
+                setattr(routing_details, name, value)
+            try:
+                bad = mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
+                g1 = time_graph_us(lambda: routing(logits, TOPK), reps)
+                g16 = time_graph_us(lambda: routing(logits, TOPK), max(20, reps // 8), 16)
+            finally:
+                for name, value in saved.items():
+                    setattr(routing_details, name, value)
+            name = " ".join(f"{k}={v}" for k, v in f.items()) + f" fused_max_tiles={fused_max}"
+            out.append(dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16))
+            print(f"  flags T={n_tokens} E={n_expts} {name}: graph {g1:.1f} us, x16 {g16:.1f} us {bad or ''}",
+                  flush=True)
+    return out
 
 
 def sweep(dtype, reps: int, focused: bool = False, rows: bool = False) -> list[dict]:
@@ -272,6 +324,7 @@ def main() -> int:
     parser.add_argument("--sweep-only", action="store_true", help="only the variant sweep")
     parser.add_argument("--sweep-place", action="store_true", help="also time placement variants at E = 128")
     parser.add_argument("--sweep-rows", action="store_true", help="also time the rows path's tilings")
+    parser.add_argument("--sweep-flags", action="store_true", help="also time the split path's launch switches")
     args = parser.parse_args()
     if args.sweep_only:
         swept = sweep(getattr(torch, args.dtype), 100)
@@ -299,17 +352,21 @@ def main() -> int:
                        eager_us=time_eager_us(lambda: routing(logits, TOPK), args.reps // 3),
                        graph_us=time_graph_us(lambda: routing(logits, TOPK), args.reps),
                        graph_x16_us=time_graph_us(lambda: routing(logits, TOPK), max(20, args.reps // 8), 16),
+                       graph_host_paced_us=time_graph_us(lambda: routing(logits, TOPK), args.reps, host_ahead=False),
                        torch_us=time_eager_us(lambda: routing_torch(logits, TOPK), max(10, args.reps // 10), 5),
                        plan=plan_summary(n_tokens, n_expts, TOPK))
             rows.append(row)
             print(f"  T={n_tokens} E={n_expts}: ok={row['correct']} eager {row['eager_us']:.1f} us, "
-                  f"graph {row['graph_us']:.1f} us ({row['graph_x16_us']:.1f} in a 16-call graph), "
+                  f"graph {row['graph_us']:.1f} us ({row['graph_x16_us']:.1f} in a 16-call graph, "
+                  f"{row['graph_host_paced_us']:.1f} host-paced), "
                   f"torch {row['torch_us']:.1f} us {problems or ''}", flush=True)
 
     breakdown = kernel_breakdown(max(TOKENS), max(EXPERTS), TOPK, dtype)
     swept = sweep(dtype, 100) if args.sweep else sweep(dtype, 100, focused=True) if args.sweep_place else []
     if args.sweep_rows:
         swept += sweep(dtype, 100, rows=True)
+    if args.sweep_flags:
+        swept += sweep_flags(dtype, 200)
     print("\n| T | E | k | check | eager (µs) | graphed (µs) | graphed, 16 per graph (µs) | routing_torch (µs) |"
           " eager ≤ 40 | graphed ≤ 15 |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -321,15 +321,17 @@ def test_routing_strided_logits(device, poisoned_workspace):
     assert_routing_equal(*run_both(big.t(), 2, sm_first=True))
 
 
+@pytest.mark.parametrize("shape", [(12, 10), (130, 64)])  # (130, 64): the rows path, split
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])  # int64 / packed int32 keys
 @pytest.mark.parametrize("sm_first", [False, True])
-def test_routing_nan_and_inf_rows_behave_like_torch(sm_first, path, device, poisoned_workspace):
-    logits = torch.randn(12, 10, generator=torch.Generator().manual_seed(9))
+def test_routing_nan_and_inf_rows_behave_like_torch(sm_first, dtype, shape, path, device, poisoned_workspace):
+    logits = torch.randn(*shape, generator=torch.Generator().manual_seed(9))
     logits[2] = float("-inf")  # all picks -inf: NaN weights, as torch.softmax gives
     logits[3, :8] = float("nan")  # NaN ranks last, so it is picked only when it must be
     logits[4, 5] = float("inf")
     logits[5, ::2] = -0.0
     logits[5, 1::2] = 0.0
-    got, ref = run_both(logits.to(device), 3, sm_first=sm_first)
+    got, ref = run_both(logits.to(dtype).to(device), 3, sm_first=sm_first)
     assert_routing_equal(got, ref)
     assert torch.isnan(got[0].gate_scal).any()
 
@@ -518,11 +520,12 @@ for user, smf in [(False, False), (True, True)]:
                         "bits_ptr": "*u32", "n_rows_ptr": "*i64"}, tk, 8)
     build(routing_place_kernel, {"ws_ptr": "*i32"}, dict(K=4, K_PAD=4, E_PAD=128, PART_ROWS=32, PLACE_ROWS=128,
                                                          TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user,
-                                                         RANK8=not user), 4)
+                                                         RANK8=not user, USE_PDL=not user), 4)
 for dt, e, k, rows, q in [("*bf16", 128, 4, 128, 4), ("*fp32", 40, 3, 16, 1), ("*fp16", 256, 8, 32, 4)]:
     build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64"},
           dict(K=k, K_PAD=1 << (k - 1).bit_length(), E_PAD=max(32, 1 << (e - 1).bit_length()), ROWS=rows, Q=q,
-               N_ROWS_FROM_PTR=True, PACK32=dt != "*fp32", FULL_E=e == 128, RANK_BLOCK=16 if e == 40 else 128),
+               N_ROWS_FROM_PTR=True, PACK32=dt != "*fp32", FULL_E=e == 128, RANK_BLOCK=16 if e == 40 else 128,
+               USE_PDL=q == 4),
           max(1, rows * q // 32))
 build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
 print("compiled")

@@ -34,7 +34,8 @@ def assert_topk_equal(got, ref, dtype):
     else:
         assert b.dtype == torch.uint32 and torch.equal(b.view(torch.int32).cpu(), b_ref.view(torch.int32).cpu())
     # one ulp of the output dtype (values are float64 results rounded to float32, then to dtype)
-    torch.testing.assert_close(v.cpu().float(), v_ref.cpu().float(), rtol=torch.finfo(dtype).eps, atol=0)
+    torch.testing.assert_close(v.cpu().float(), v_ref.cpu().float(), rtol=torch.finfo(dtype).eps, atol=0,
+                               equal_nan=True)
 
 
 @pytest.mark.parametrize("T,E,k,apply_softmax", [(7, 6, 2, True), (5, 40, 5, False), (6, 4, 4, True)])
@@ -81,12 +82,16 @@ def test_topk_options(device):
     assert got[1][1:].tolist() == y_indx[1:].tolist()  # given order is kept
 
 
-def test_topk_nan_and_signed_zero_order(device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])  # int64 / packed int32 keys
+def test_topk_nan_and_signed_zero_order(dtype, device):
     x = torch.tensor([[float("nan"), -0.0, 0.0, float("-inf"), -1.0],
-                      [1.0, float("nan"), float("nan"), float("-inf"), float("-inf")]], device=device)
+                      [1.0, float("nan"), float("nan"), float("-inf"), float("-inf")],
+                      [float("nan"), float("nan"), float("nan"), float("nan"), -2.0]], device=device).to(dtype)
     got = TK.topk(x, 4, apply_softmax=False)
     ref = TK.topk_torch(x, 4, apply_softmax=False)
-    assert got[1].tolist() == ref[1].tolist() == [[1, 2, 3, 4], [0, 1, 3, 4]]  # NaN ranks last, -0 == +0
+    # NaN ranks last, -0 == +0 (lowest column first); picks are listed by expert
+    assert got[1].tolist() == ref[1].tolist() == [[1, 2, 3, 4], [0, 1, 3, 4], [0, 1, 2, 4]]
+    assert_topk_equal(got, ref, dtype)
 
 
 @pytest.mark.parametrize("fn", [TK.topk, TK.topk_torch])

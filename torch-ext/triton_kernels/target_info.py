@@ -162,6 +162,13 @@ def runs_triton(device: torch.device | str | None = None) -> bool:
     return device_type == "cuda" if target.is_gpu else device_type == "cpu"
 
 
+def programmatic_dependent_launch() -> bool:
+    """Whether a kernel may be launched as a programmatic dependent of the one before it (Hopper and
+    newer, compiled kernels: the interpreter has no grid dependency control)."""
+    target = get_target()
+    return target.variant in ("hopper", "blackwell") and not target.interpreter
+
+
 _warned: set[str] = set()
 
 

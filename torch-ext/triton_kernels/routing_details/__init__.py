@@ -11,7 +11,8 @@ and that rank is computed with the top-k itself: the prefix over the tile's rows
 one-hot counts (a small tensor-core matmul, lower-triangular ones @ counts), read at each pick,
 plus the running counts of earlier tiles. The top-k takes one int32 max per pick (packed value +
 column keys, see `topk_details`). The softmax over a row's picks is taken where the slots are
-placed, on [rows, k] tiles that give each thread whole rows. Rows at or beyond `n_rows` route
+placed, on [rows, k] tiles that give each thread whole rows (on the rows path, in the top-k
+kernel, whose threads hold whole rows' picks already). Rows at or beyond `n_rows` route
 nowhere and sit at their own slot index (after every routed slot, in slot order); user indices
 outside [0, E) route nowhere too and get the positions after every routed slot, in slot order.
 With `simulated_ep = S`, slots of non-local experts keep their positions but read -1 in
@@ -35,6 +36,8 @@ Two paths:
   (2 * strictly-lower + identity) @ picks, whose accumulator holds 2 * rank + pick, stored as
   bytes at (row, expert) in a [T, E_PAD] scratch that the placement reads back. Otherwise launch 1
   is `routing_topk_kernel` (P programs of `n_iter` tiles, `select_tile` and `_rank_tile`).
+  With PDL on Hopper and newer, the placement is launched as a programmatic dependent of launch 1
+  (its launch overlaps launch 1's run; it waits for launch 1's results before reading them).
 """
 
 from __future__ import annotations
@@ -51,9 +54,15 @@ from ._kernels import (BLOCK_SIZES, expt_data_kernel, routing_fused_kernel, rout
 
 __all__ = ["RoutingPlan", "make_routing_plan", "routing_triton", "compute_expt_data_triton", "max_tiles"]
 
-FUSED_MAX_TILES = 1  # fused when all rows fit one tile, or up to this many tiles (0: never fused)
+# Fused (one launch) when all rows fit one tile of at most FUSED_MAX_KEYS keys (rows rounded up to a
+# power of two x E_pad); FUSED_MAX_TILES > 1 fuses any single tile and up to that many tiles, 0 never.
+# H100 sweep (bench_routing.py --sweep-rows): split was faster from 64 x 32 and 16 x 128 keys on
+# (T = 64, E = 128: 8.7 vs 11.4 us), fused below (T = 16, E = 32: 4.4 vs 5.3; T = 8, E = 128: 7.1 vs 8.4).
+FUSED_MAX_TILES = 1
+FUSED_MAX_KEYS = 1024
 ROWS_PATH = True  # split path: `routing_rows_kernel` where it applies (no user indices, no sm_first, k <= 8)
 FAST_LAUNCH = True  # relaunch cached compiled kernels directly (see `_launch`)
+PDL = True  # split path on Hopper and newer: the placement is a programmatic dependent launch of launch 1
 _COMPILED: dict = {}
 
 
@@ -163,7 +172,8 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
     n_tiles = triton.cdiv(n_tokens, block_t)
     one_tile = _next_pow2(max(n_tokens, 1))
     single = one_tile * e_pad <= 2 * keys and one_tile * k_pad * k_pad <= 8192
-    if n_tokens <= 1 or (fused_max_tiles > 0 and (single or n_tiles <= fused_max_tiles)):
+    if n_tokens <= 1 or (fused_max_tiles == 1 and single and one_tile * e_pad <= FUSED_MAX_KEYS) or (
+            fused_max_tiles > 1 and (single or n_tiles <= fused_max_tiles)):
         block_t = one_tile if single else block_t
         n_keys = block_t * e_pad
         num_warps = 1 if n_keys <= 256 else 4 if n_keys <= 1024 else 8
@@ -209,15 +219,20 @@ def _aligned(t) -> bool:
     return t is None or t.data_ptr() % 16 == 0
 
 
-def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int, device) -> None:
+def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int, device,
+            launch_pdl: bool = False) -> None:
     """fn[(n_programs,)](*args, *consts): the first call of a key goes through Triton's JIT
     (compiling or finding the kernel); later calls hand the same arguments straight to the
     compiled kernel's launcher, skipping the JIT's per-call binding and cache-key work (most of
     an eager routing call's host time). `key` must hold everything Triton specializes on: the
-    constexprs, dtypes, the pointer alignments and the specialized integer arguments (strides)."""
+    constexprs, dtypes, the pointer alignments and the specialized integer arguments (strides).
+    launch_pdl: launch as a programmatic dependent of the previous kernel (a compile option, so
+    the compiled kernel's launcher keeps it)."""
     hit = _COMPILED.get(key) if FAST_LAUNCH else None
     if hit is None:
         kwargs = dict(zip(fn.arg_names[len(args):], consts))
+        if launch_pdl:
+            kwargs["launch_pdl"] = True
         compiled = fn[(n_programs,)](*args, **kwargs, num_warps=num_warps)
         if FAST_LAUNCH and device.type == "cuda" and hasattr(compiled, "packed_metadata"):
             _COMPILED[key] = compiled
@@ -260,22 +275,24 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
                 (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val),
                 consts, plan.num_warps, dev)
     else:
+        pdl = PDL and target_info.programmatic_dependent_launch()
         if plan.rows_q:
             consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
-                      min(plan.e_pad, RANK_BLOCK_MAX))
+                      min(plan.e_pad, RANK_BLOCK_MAX), pdl)
             _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
                     (logits, sx0, sx1, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val), consts,
                     plan.num_warps, dev)
         else:
-            consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr, pack32)
+            consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr, pack32, pdl)
             _launch(routing_topk_kernel, plan.n_parts, ("topk", consts, plan.num_warps) + spec,
                     (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
                      plan.n_iter), consts, plan.num_warps, dev)
-        consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block, not sm_first, user,
-                  plan.rows_q > 0)
+        # the softmax: in launch 1 with sm_first (before the top-k) or on the rows path, else here
+        consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block,
+                  not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.rows_per_part, plan.parts_per_place, n_tokens, n_local), consts,
-                plan.place_warps, dev)
+                plan.place_warps, dev, launch_pdl=pdl)
     (topk_indx, gate_indx, gate_scal, hist, raw, p16, p32, p64, p128, m16, m32, m64, m128,
      _scratch) = ws.split_with_sizes(plan.sizes)
     return (gate_scal.view(torch.float32), topk_indx, gate_indx, hist, raw, {16: p16, 32: p32, 64: p64, 128: p128},

@@ -6,6 +6,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
 from ..topk_details import select_tile
 from ..topk_details._rowwise import row_topk
 from ..topk_details._topk_kernel import _key_column, _key_value, _keys_of, _softmax_picks
@@ -282,6 +284,7 @@ def routing_topk_kernel(
     n_tokens, n_expts, n_local, n_rows_val, n_iter,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
     SM_FIRST: tl.constexpr, USER_INDX: tl.constexpr, N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """Launch 1 of 2: program p takes n_iter row tiles; per slot it writes the expert (-1: nowhere),
     the picked logit (the weight with SM_FIRST) and the rank within the program; then its counts
@@ -310,6 +313,8 @@ def routing_topk_kernel(
     tl.store(ws_ptr + part_o + pid * E_PAD + tl.arange(0, E_PAD), totals)
     if USER_INDX:
         tl.store(ws_ptr + dead_o + pid, n_dead)
+    if USE_PDL:  # this program's results are stored: the placement may be launched (it waits for the grid)
+        gdc_launch_dependents()
 
 
 @triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val"])
@@ -317,21 +322,23 @@ def routing_rows_kernel(
     x_ptr, stride_xt, stride_xe, ws_ptr, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, ROWS: tl.constexpr, Q: tl.constexpr,
     N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr, FULL_E: tl.constexpr, RANK_BLOCK: tl.constexpr = 16,
+    USE_PDL: tl.constexpr = False,
 ):
     """Launch 1 of 2 without user indices or sm_first (K <= 8): program p takes ROWS rows, Q
     threads per row. `row_topk` gives each row's K_PAD largest keys (in registers, no per-key
     shuffles) and keeps its keys; the picks are the keys >= the K-th. Per slot (in the [ROWS, K]
-    slot domain) it stores the expert and the picked logit; per pick the rank within the program
-    goes to a byte array [T, E_PAD] at (row, expert): one matmul per RANK_BLOCK columns (a reload of
-    the logits) on the tensor cores, (2 * strictly-lower + identity) @ picks = 2 * (picks of that
-    expert in earlier rows) + pick, so the pick flag and its rank come out together in the
-    accumulator layout. The last row of the
-    same product is the program's counts row."""
+    slot domain) it stores the expert and the softmax weight of its row's picks (float64, as
+    `routing_torch`); per pick the rank within the program goes to a byte array [T, E_PAD] at
+    (row, expert): one matmul per RANK_BLOCK columns (a reload of the logits) on the tensor cores,
+    (2 * strictly-lower + identity) @ picks = 2 * (picks of that expert in earlier rows) + pick,
+    so the pick flag and its rank come out together in the accumulator layout. The last row of
+    the same product is the program's counts row."""
     pid = tl.program_id(0)
     n_slots = n_tokens * K
     _g, _s, _h, _r, _p, _m16, _m32, _m64, _m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, tl.num_programs(0), E_PAD)
     rank8 = (ws_ptr + dead_o + tl.num_programs(0)).to(tl.pointer_type(tl.uint8))
+    counts8 = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
     if N_ROWS_FROM_PTR:
         n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
     else:
@@ -350,7 +357,10 @@ def routing_rows_kernel(
     slot = rows[:, None] * K + tl.sum(earlier.to(tl.int32), axis=2)
     live = in_t[:, None] & (kk[None, :] < K)
     tl.store(ws_ptr + expt_o + slot, tl.where(row_ok[:, None], sel, -1), mask=live)
-    tl.store(ws_ptr + w_o + slot, _key_value(bests, PACK32).to(tl.int32, bitcast=True), mask=live)
+    # the weights here, not in the placement: a row's picks are in its threads already, and the
+    # placement's chain of dependent steps is the shorter for it
+    w = _softmax_picks(_key_value(bests, PACK32), row_ok[:, None] & (kk[None, :] < K))
+    tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
     # ranks: [ROWS, RANK_BLOCK] blocks of 0/1 picks through one matmul each
     kth = tl.where(row_ok, best[K - 1], 2147483647 if PACK32 else 9223372036854775807)  # dead rows: none
     r = tl.arange(0, ROWS)
@@ -365,8 +375,11 @@ def routing_rows_kernel(
         hit = (_keys_of(x, cols[None, :], col_ok[None, :], PACK32) >= kth[:, None]).to(tl.float16)
         v = tl.dot(tri, hit, out_dtype=tl.float32).to(tl.int32)
         tl.store(rank8 + rows64[:, None] * E_PAD + cols[None, :], (v >> 1).to(tl.uint8), mask=(v & 1) == 1)
-        tl.store(ws_ptr + part_o + pid * E_PAD + cols[None, :] + r[:, None] * 0, (v >> 1) + (v & 1),
+        # the counts row as bytes (at most ROWS <= 128 picks per expert): the placement reads all rows
+        tl.store(counts8 + pid * E_PAD + cols[None, :] + r[:, None] * 0, ((v >> 1) + (v & 1)).to(tl.uint8),
                  mask=r[:, None] == ROWS - 1)
+    if USE_PDL:  # this program's results are stored: the placement may be launched (it waits for the grid)
+        gdc_launch_dependents()
 
 
 @triton.jit(do_not_specialize=["n_parts", "rows_per_part", "parts_per_prog", "n_tokens", "n_local"])
@@ -374,24 +387,31 @@ def routing_place_kernel(
     ws_ptr, n_parts, rows_per_part, parts_per_prog, n_tokens, n_local,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, PART_ROWS: tl.constexpr,
     PLACE_ROWS: tl.constexpr, TILE_BLOCK: tl.constexpr, SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr,
-    RANK8: tl.constexpr,
+    RANK8: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
-    """Launch 2 of 2 (after `routing_topk_kernel`, or `routing_rows_kernel` with RANK8): program q places the rows of top-k programs [q * parts_per_prog, ...): totals
-    and the prefix before its first part from the counts rows, then every slot to its sorted
-    position (no sort: the ranks are known) with the softmax of its row; then ExptData shared by
-    all programs."""
+    """Launch 2 of 2 (after `routing_topk_kernel`, or `routing_rows_kernel` with RANK8: byte ranks
+    and byte counts rows): program q places the rows of top-k programs [q * parts_per_prog, ...): totals and the prefix before its
+    first part from the counts rows, then every slot to its sorted position (no sort: the ranks
+    are known) with the softmax of its row; then ExptData shared by all programs. USE_PDL: launched
+    as a programmatic dependent of launch 1, it waits for launch 1's results first."""
     pid = tl.program_id(0)
     n_slots = n_tokens * K
     gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, n_parts, E_PAD)
     cols = tl.arange(0, E_PAD)
     p0 = pid * parts_per_prog
+    if USE_PDL:  # launched as a programmatic dependent of launch 1: wait for its results
+        gdc_wait()
+    if RANK8:  # the rows path: counts rows are bytes
+        counts = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
+    else:
+        counts = ws_ptr + part_o
     acc_all = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
     acc_before = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
     dead_before = n_parts * 0
     for r0 in range(0, n_parts, PART_ROWS):
         r = r0 + tl.arange(0, PART_ROWS)
-        tile = tl.load(ws_ptr + part_o + r[:, None] * E_PAD + cols[None, :], mask=r[:, None] < n_parts, other=0)
+        tile = tl.load(counts + r[:, None] * E_PAD + cols[None, :], mask=r[:, None] < n_parts, other=0).to(tl.int32)
         acc_all += tile
         acc_before += tl.where(r[:, None] < p0, tile, 0)
         if USER_INDX:
@@ -406,13 +426,14 @@ def routing_place_kernel(
     else:
         rank8 = None
     for p in range(p0, tl.minimum(p0 + parts_per_prog, n_parts)):
+        if p > p0:  # past the previous part (not after the last one: that load would only delay the exit)
+            base += tl.load(counts + (p - 1) * E_PAD + cols).to(tl.int32)
+            if USER_INDX:
+                dead_base += tl.load(ws_ptr + dead_o + p - 1)
         row_end = tl.minimum(p * rows_per_part + rows_per_part, n_tokens)
         for r0 in range(p * rows_per_part, row_end, PLACE_ROWS):
             _place_rows(ws_ptr, r0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
                         PLACE_ROWS, K, K_PAD, SOFTMAX, USER_INDX, False, rank8, E_PAD)
-        base += tl.load(ws_ptr + part_o + p * E_PAD + cols)
-        if USER_INDX:
-            dead_base += tl.load(ws_ptr + dead_o + p)
     _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
                      ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
                      tl.num_programs(0), E_PAD, TILE_BLOCK)

@@ -9,31 +9,36 @@ import triton
 import triton.language as tl
 
 MAX_EXPERTS = 1024
-# Order keys are int32 (`_float_order`); NaN gets the lowest real key and `_GONE` (picked
-# already, or a padding column) sits under every real key.
-_NAN_ORDER = tl.constexpr(-2147483647)
+# Order keys are int32 (`_float_order`); NaN gets a key below every other real key and `_GONE`
+# (picked already, or a padding column) sits under every real key. _NAN_ORDER keeps its value
+# through the packing below (its low 13 bits are zero) and decodes to a NaN.
+_NAN_ORDER = tl.constexpr(-2147483648 + 8192)
 _GONE = tl.constexpr(-2147483648)
 _GONE64 = tl.constexpr(-9223372036854775808)
 # Packed pick keys (`_pick_keys`): for 16-bit logits the fp32 order key has its low 13 bits free
-# (bfloat16 and float16 values have at most 11 significant bits), so they hold 8191 - column and
-# one int32 max gives both the largest value and, among equal values, its lowest column. float32
-# logits use int64 keys: order << 16 | (65535 - column). (8191 - c == c ^ 8191 for c < 8192.)
+# (bfloat16 and float16 values have at most 11 significant bits, and the order of a negative
+# value is its bits ^ 0x7FFFFFFF plus one, which carries its all-ones low bits back to zeros), so
+# they hold 8191 - column and one int32 max gives both the largest value and, among equal values,
+# its lowest column. float32 logits use int64 keys: order << 16 | (65535 - column).
+# (8191 - c == c ^ 8191 for c < 8192.)
 
 
 @triton.jit
 def _float_order(x):
-    """fp32 -> int32 with the same order (as torch's sort sees it: -0 == +0, NaN lowest)."""
-    x = tl.where(x == 0.0, 0.0, x)
+    """fp32 -> int32 with the same order (as torch's sort sees it: -0 == +0, NaN lowest).
+    Negative values get bits ^ 0x7FFFFFFF (reversed, below the positives) plus one, which puts
+    -0 on +0: three integer ops, no compare."""
     bits = x.to(tl.int32, bitcast=True)
-    order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    sign = bits >> 31  # 0 or -1
+    order = (bits ^ (sign & 0x7FFFFFFF)) - sign
     return tl.where(x != x, _NAN_ORDER, order)
 
 
 @triton.jit
 def _order_to_float(order):
-    """Inverse of `_float_order` (NaN's order decodes to a NaN bit pattern)."""
-    bits = tl.where(order >= 0, order, order ^ 0x7FFFFFFF)
-    return bits.to(tl.float32, bitcast=True)
+    """Inverse of `_float_order` (-0.0 reads +0.0; NaN's order decodes to a NaN bit pattern)."""
+    sign = order >> 31
+    return ((order + sign) ^ (sign & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -66,8 +71,8 @@ def _key_column(key, PACK32: tl.constexpr):
 @triton.jit
 def _key_value(key, PACK32: tl.constexpr):
     """The fp32 logit a key was made from (-0.0 reads +0.0; NaN reads a NaN)."""
-    if PACK32:  # negative orders had all-ones low bits (the sign flip of zero mantissa bits)
-        order = tl.where(key < 0, key | 8191, key & -8192)
+    if PACK32:
+        order = key & -8192
     else:
         order = (key >> 16).to(tl.int32)
     return _order_to_float(order)
