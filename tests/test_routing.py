@@ -255,14 +255,14 @@ PLAN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("variant", ["grouped-place", "small-place-steps", "fused-reg-softmax",
+@pytest.mark.parametrize("variant", ["grouped-place", "small-place-steps", "unpacked-scans", "fused-reg-softmax",
                                      "fused-scratch-softmax", "fused-tiles-small-steps"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()).replace("torch.", ""))
 def test_routing_plan_variants(variant, case, device, poisoned_workspace, monkeypatch):
     """Plan knobs the heuristics may not pick for these shapes (the GPU sweep times them):
     placement programs that each place several top-k programs' rows, placement in steps smaller
-    than a top-k program's rows, and the one-tile fused path with the softmax in registers or
-    after the scratch round trip."""
+    than a top-k program's rows, the placement's unpacked prefix sums, and the one-tile fused path
+    with the softmax in registers or after the scratch round trip."""
     import dataclasses
     case = dict(case)
     T, E, k, dtype = case.pop("T"), case.pop("E"), case.pop("k"), case.pop("dtype", torch.float32)
@@ -278,6 +278,10 @@ def test_routing_plan_variants(variant, case, device, poisoned_workspace, monkey
         assert plan.n_parts > 3 and plan.n_place_programs < plan.n_parts
     elif variant == "small-place-steps":
         plan = dataclasses.replace(routing_details._split_plan(T, E, k, ep, 8, 2, 2, 2, 1), place_rows=4)
+    elif variant == "unpacked-scans":  # the placement's prefix sums one by one (packed wherever they fit)
+        plan = routing_details.make_routing_plan(T, E, k, ep, smf, 4, 0, "expt_indx" in case)
+        assert plan.packed_scans and not plan.fused
+        plan = dataclasses.replace(plan, packed_scans=False)
     else:
         plan = routing_details.make_routing_plan(T, E, k, ep, smf, 4, 1 << 30)
         assert plan.fused
@@ -520,7 +524,8 @@ for user, smf in [(False, False), (True, True)]:
                         "bits_ptr": "*u32", "n_rows_ptr": "*i64"}, tk, 8)
     build(routing_place_kernel, {"ws_ptr": "*i32"}, dict(K=4, K_PAD=4, E_PAD=128, PART_ROWS=32, PLACE_ROWS=128,
                                                          TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user,
-                                                         RANK8=not user, USE_PDL=not user), 4)
+                                                         COUNTS8=not user, USE_PDL=not user,
+                                                         PACKED_SCANS=not user), 4)
 for dt, e, k, rows, q in [("*bf16", 128, 4, 128, 4), ("*fp32", 40, 3, 16, 1), ("*fp16", 256, 8, 32, 4)]:
     build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64"},
           dict(K=k, K_PAD=1 << (k - 1).bit_length(), E_PAD=max(32, 1 << (e - 1).bit_length()), ROWS=rows, Q=q,

@@ -34,7 +34,8 @@ Two paths:
   (`topk_details.row_topk`); the picks are the keys >= the k-th, and their ranks come from one
   matmul per block of up to RANK_BLOCK_MAX columns,
   (2 * strictly-lower + identity) @ picks, whose accumulator holds 2 * rank + pick, stored as
-  bytes at (row, expert) in a [T, E_PAD] scratch that the placement reads back. Otherwise launch 1
+  bytes at (row, expert) in a [T, E_PAD] scratch that the program reads back at its picks (the
+  softmax weights are taken there too, and the counts rows are bytes). Otherwise launch 1
   is `routing_topk_kernel` (P programs of `n_iter` tiles, `select_tile` and `_rank_tile`).
   With PDL on Hopper and newer, the placement is launched as a programmatic dependent of launch 1
   (its launch overlaps launch 1's run; it waits for launch 1's results before reading them).
@@ -125,6 +126,7 @@ class RoutingPlan:
     total: int
     place_warps: int = 4
     rows_q: int = 0  # split path with `routing_rows_kernel`: threads per row (0: `routing_topk_kernel`)
+    packed_scans: bool = False  # placement: the expert prefix sums as packed fields (`_kernels._expert_scans`)
 
 
 # Split path's top-k kernel: keys of the [block_t, E] logits tile per thread and the warp range,
@@ -211,8 +213,12 @@ def _split_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, block_t:
     # block_pid_map step: with many placement programs a small one spreads the tiles over them
     # (measured, H100: 8 instead of 32 at E = 128 took 1.3-1.7 us off T = 4096 and 16384)
     tile_block = min(8, _map_block(e_pad, place_warps)) if n_place >= 16 else _map_block(e_pad, place_warps)
+    n_slots = n_tokens * k
+    packed = n_slots < 1 << 20 and all(max_tiles(n_slots, n_local, bm) < 1 << bits
+                                       for bm, bits in zip(BLOCK_SIZES, (16, 15, 14, 13)))
     return RoutingPlan(False, e_pad, k_pad, block_t, n_iter, n_parts, num_warps, rows_per_part, parts_per_place,
-                       n_place, place_rows, part_rows, tile_block, False, sizes, sum(sizes), place_warps)
+                       n_place, place_rows, part_rows, tile_block, False, sizes, sum(sizes), place_warps,
+                       packed_scans=packed)
 
 
 def _aligned(t) -> bool:
@@ -289,7 +295,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
                      plan.n_iter), consts, plan.num_warps, dev)
         # the softmax: in launch 1 with sm_first (before the top-k) or on the rows path, else here
         consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block,
-                  not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl)
+                  not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl, plan.packed_scans)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.rows_per_part, plan.parts_per_place, n_tokens, n_local), consts,
                 plan.place_warps, dev, launch_pdl=pdl)

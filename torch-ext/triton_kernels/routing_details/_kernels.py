@@ -99,29 +99,67 @@ def _fill_map(map_ptr, starts, tiles, cols, i, n_local, n_map):
 
 
 @triton.jit
-def _write_expt_data(hist, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16_ptr, map32_ptr, map64_ptr,
-                     map128_ptr, pid, n_prog, E_PAD: tl.constexpr, TILE_BLOCK: tl.constexpr):
-    """hist: [E_PAD] int32 counts of the local experts (zero at and beyond n_local). Program 0
-    writes hist, token_offs_raw and the four token_offs_pad; the n_prog programs share the four
-    block_pid_maps: expert e's tiles are written where they go (a [E_PAD, TILE_BLOCK] block of
-    stores per step, no search), and every program fills its slice of the unused tail with -1."""
-    cols = tl.arange(0, E_PAD)
-    in_e = cols < n_local
+def _expert_scans(totals, n_local, PACKED: tl.constexpr):
+    """totals: [E_PAD] int32 slots per expert (all experts). Returns the local experts' hist (zero at
+    and beyond n_local), the exclusive prefix of totals over all experts (`start`), and for
+    block_m 16/32/64/128 the local experts' tile counts, their exclusive prefixes and their sums.
+    PACKED: two scans (and two sums) of packed fields instead of five: totals, t16, t32 in bits
+    0-19, 20-35, 36-50 of an int64, t64 and t128 in bits 0-13 and 14-26 of an int32; the host
+    sets it only where no prefix can overflow its field (sum of totals < 2^20, tiles within the
+    widths), and a cross-warp scan costs far more than the packing."""
+    cols = tl.arange(0, totals.shape[0])
+    hist = tl.where(cols < n_local, totals, 0)
     t16 = (hist + 15) // 16
     t32 = (hist + 31) // 32
     t64 = (hist + 63) // 64
     t128 = (hist + 127) // 128
-    s16 = tl.cumsum(t16, axis=0) - t16
-    s32 = tl.cumsum(t32, axis=0) - t32
-    s64 = tl.cumsum(t64, axis=0) - t64
-    s128 = tl.cumsum(t128, axis=0) - t128
-    u16 = tl.sum(t16, axis=0)
-    u32 = tl.sum(t32, axis=0)
-    u64 = tl.sum(t64, axis=0)
-    u128 = tl.sum(t128, axis=0)
+    if PACKED:
+        a = totals.to(tl.int64) | (t16.to(tl.int64) << 20) | (t32.to(tl.int64) << 36)
+        b = t64 | (t128 << 14)
+        ea = tl.cumsum(a, axis=0) - a
+        eb = tl.cumsum(b, axis=0) - b
+        ua = tl.sum(a, axis=0)
+        ub = tl.sum(b, axis=0)
+        start = (ea & 0xFFFFF).to(tl.int32)
+        s16 = ((ea >> 20) & 0xFFFF).to(tl.int32)
+        s32 = (ea >> 36).to(tl.int32)
+        s64 = eb & 0x3FFF
+        s128 = eb >> 14
+        u16 = ((ua >> 20) & 0xFFFF).to(tl.int32)
+        u32 = (ua >> 36).to(tl.int32)
+        u64 = ub & 0x3FFF
+        u128 = ub >> 14
+    else:
+        start = tl.cumsum(totals, axis=0) - totals
+        s16 = tl.cumsum(t16, axis=0) - t16
+        s32 = tl.cumsum(t32, axis=0) - t32
+        s64 = tl.cumsum(t64, axis=0) - t64
+        s128 = tl.cumsum(t128, axis=0) - t128
+        u16 = tl.sum(t16, axis=0)
+        u32 = tl.sum(t32, axis=0)
+        u64 = tl.sum(t64, axis=0)
+        u128 = tl.sum(t128, axis=0)
+    return hist, start, (t16, t32, t64, t128), (s16, s32, s64, s128), (u16, u32, u64, u128)
+
+
+@triton.jit
+def _write_expt_data(totals, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16_ptr, map32_ptr, map64_ptr,
+                     map128_ptr, pid, n_prog, E_PAD: tl.constexpr, TILE_BLOCK: tl.constexpr, scans=None):
+    """totals: [E_PAD] int32 slots per expert (`_expert_scans`; or `scans`, its result). Program 0
+    writes hist, token_offs_raw and the four token_offs_pad; the n_prog programs share the four
+    block_pid_maps: expert e's tiles are written where they go (a [E_PAD, TILE_BLOCK] block of
+    stores per step, no search), and every program fills its slice of the unused tail with -1."""
+    if scans is None:
+        scans = _expert_scans(totals, n_local, False)
+    hist, start, tiles, starts, sums = scans
+    t16, t32, t64, t128 = tiles
+    s16, s32, s64, s128 = starts
+    u16, u32, u64, u128 = sums
+    cols = tl.arange(0, E_PAD)
+    in_e = cols < n_local
     if pid == 0:
         tl.store(hist_ptr + cols, hist, mask=in_e)
-        tl.store(raw_ptr + cols, tl.cumsum(hist, axis=0) - hist, mask=in_e)
+        tl.store(raw_ptr + cols, start, mask=in_e)  # the local experts come first: their prefix is start
         tl.store(raw_ptr + n_local, tl.sum(hist, axis=0))
         stride = n_local + 1
         tl.store(pad_ptr + cols, s16, mask=in_e)
@@ -166,7 +204,7 @@ def _store_placed(ws_ptr, pos, slot, is_local, w, live, gate, scal):
 @triton.jit
 def _place_rows(ws_ptr, row0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
                 ROWS: tl.constexpr, K: tl.constexpr, K_PAD: tl.constexpr, SOFTMAX: tl.constexpr,
-                USER_INDX: tl.constexpr, RANK_IS_POS: tl.constexpr, rank8=None, E_PAD: tl.constexpr = 0):
+                USER_INDX: tl.constexpr, RANK_IS_POS: tl.constexpr):
     """Rows [row0, min(row0 + ROWS, row_end)): read their slots' expert (-1: routes nowhere), rank
     and value back from the scratch as [ROWS, K_PAD] (a row's slots in one thread), take the
     softmax over each row's routed slots (SOFTMAX; float64, as `routing_torch`), and store every
@@ -179,10 +217,7 @@ def _place_rows(ws_ptr, row0, row_end, base, dead_base, expt_o, rank_o, w_o, gat
     live = (rows < row_end)[:, None] & (kk[None, :] < K)
     expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
     routed = expt >= 0
-    if rank8 is None:
-        rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
-    else:
-        rank = tl.load(rank8 + rows.to(tl.int64)[:, None] * E_PAD + expt, mask=live & routed, other=0).to(tl.int32)
+    rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
     v = tl.load(ws_ptr + w_o + slot, mask=live, other=0).to(tl.float32, bitcast=True)
     if RANK_IS_POS:
         pos = rank
@@ -328,11 +363,12 @@ def routing_rows_kernel(
     threads per row. `row_topk` gives each row's K_PAD largest keys (in registers, no per-key
     shuffles) and keeps its keys; the picks are the keys >= the K-th. Per slot (in the [ROWS, K]
     slot domain) it stores the expert and the softmax weight of its row's picks (float64, as
-    `routing_torch`); per pick the rank within the program goes to a byte array [T, E_PAD] at
-    (row, expert): one matmul per RANK_BLOCK columns (a reload of the logits) on the tensor cores,
-    (2 * strictly-lower + identity) @ picks = 2 * (picks of that expert in earlier rows) + pick,
-    so the pick flag and its rank come out together in the accumulator layout. The last row of
-    the same product is the program's counts row."""
+    `routing_torch`) and the rank within the program. The ranks: one matmul per RANK_BLOCK columns
+    (a reload of the logits) on the tensor cores, (2 * strictly-lower + identity) @ picks =
+    2 * (picks of that expert in earlier rows) + pick, so the pick flag and its rank come out
+    together in the accumulator layout; they go to a byte array [T, E_PAD] at (row, expert), which
+    the program reads back at its picks into the slot domain. The last row of the same product is
+    the program's counts row (stored as bytes)."""
     pid = tl.program_id(0)
     n_slots = n_tokens * K
     _g, _s, _h, _r, _p, _m16, _m32, _m64, _m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
@@ -378,6 +414,12 @@ def routing_rows_kernel(
         # the counts row as bytes (at most ROWS <= 128 picks per expert): the placement reads all rows
         tl.store(counts8 + pid * E_PAD + cols[None, :] + r[:, None] * 0, ((v >> 1) + (v & 1)).to(tl.uint8),
                  mask=r[:, None] == ROWS - 1)
+    # the ranks at the picks, in the slot domain: read back by this program (the barrier orders its
+    # threads' global stores before the loads), so the placement loads them with the slot's other
+    # fields instead of after the expert
+    tl.debug_barrier()
+    rank = tl.load(rank8 + rows64[:, None] * E_PAD + sel, mask=live & row_ok[:, None], other=0)
+    tl.store(ws_ptr + rank_o + slot, rank.to(tl.int32), mask=live)
     if USE_PDL:  # this program's results are stored: the placement may be launched (it waits for the grid)
         gdc_launch_dependents()
 
@@ -387,10 +429,10 @@ def routing_place_kernel(
     ws_ptr, n_parts, rows_per_part, parts_per_prog, n_tokens, n_local,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, PART_ROWS: tl.constexpr,
     PLACE_ROWS: tl.constexpr, TILE_BLOCK: tl.constexpr, SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr,
-    RANK8: tl.constexpr, USE_PDL: tl.constexpr = False,
+    COUNTS8: tl.constexpr, USE_PDL: tl.constexpr = False, PACKED_SCANS: tl.constexpr = False,
 ):
-    """Launch 2 of 2 (after `routing_topk_kernel`, or `routing_rows_kernel` with RANK8: byte ranks
-    and byte counts rows): program q places the rows of top-k programs [q * parts_per_prog, ...): totals and the prefix before its
+    """Launch 2 of 2 (after `routing_topk_kernel`, or `routing_rows_kernel` with COUNTS8: byte
+    counts rows): program q places the rows of top-k programs [q * parts_per_prog, ...): totals and the prefix before its
     first part from the counts rows, then every slot to its sorted position (no sort: the ranks
     are known) with the softmax of its row; then ExptData shared by all programs. USE_PDL: launched
     as a programmatic dependent of launch 1, it waits for launch 1's results first."""
@@ -402,7 +444,7 @@ def routing_place_kernel(
     p0 = pid * parts_per_prog
     if USE_PDL:  # launched as a programmatic dependent of launch 1: wait for its results
         gdc_wait()
-    if RANK8:  # the rows path: counts rows are bytes
+    if COUNTS8:  # the rows path: counts rows are bytes
         counts = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
     else:
         counts = ws_ptr + part_o
@@ -419,12 +461,9 @@ def routing_place_kernel(
             dead_before += tl.sum(dead, axis=0)
     totals = tl.sum(acc_all, axis=0)
     n_routed = tl.sum(totals, axis=0)
-    base = tl.cumsum(totals, axis=0) - totals + tl.sum(acc_before, axis=0)
+    scans = _expert_scans(totals, n_local, PACKED_SCANS)
+    base = scans[1] + tl.sum(acc_before, axis=0)
     dead_base = n_routed + dead_before
-    if RANK8:
-        rank8 = (ws_ptr + dead_o + n_parts).to(tl.pointer_type(tl.uint8))
-    else:
-        rank8 = None
     for p in range(p0, tl.minimum(p0 + parts_per_prog, n_parts)):
         if p > p0:  # past the previous part (not after the last one: that load would only delay the exit)
             base += tl.load(counts + (p - 1) * E_PAD + cols).to(tl.int32)
@@ -433,10 +472,9 @@ def routing_place_kernel(
         row_end = tl.minimum(p * rows_per_part + rows_per_part, n_tokens)
         for r0 in range(p * rows_per_part, row_end, PLACE_ROWS):
             _place_rows(ws_ptr, r0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
-                        PLACE_ROWS, K, K_PAD, SOFTMAX, USER_INDX, False, rank8, E_PAD)
-    _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
-                     ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid,
-                     tl.num_programs(0), E_PAD, TILE_BLOCK)
+                        PLACE_ROWS, K, K_PAD, SOFTMAX, USER_INDX, False)
+    _write_expt_data(totals, n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o, ws_ptr + pad_o, ws_ptr + m16,
+                     ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid, tl.num_programs(0), E_PAD, TILE_BLOCK, scans)
 
 
 @triton.jit(do_not_specialize=["n_local", "n_gates", "raw_off", "pad_off", "map_off16", "map_off32",
