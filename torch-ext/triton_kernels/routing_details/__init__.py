@@ -94,7 +94,7 @@ def _layout(n_slots: int, n_local: int, n_parts: int, e_pad: int, rank_bytes: in
     its end). Host twin of `_kernels._ws_layout`."""
     maps = tuple(max_tiles(n_slots, n_local, bm) for bm in BLOCK_SIZES)
     outputs = (n_slots, n_slots, n_slots, n_local) + (n_local + 1,) * 5 + maps
-    return outputs + (3 * n_slots + n_parts * e_pad + n_parts + triton.cdiv(rank_bytes, 4),)
+    return outputs + (3 * n_slots + n_parts * e_pad + n_parts + (3 + triton.cdiv(rank_bytes, 4) if rank_bytes else 0),)
 
 
 def _map_block(e_pad: int, num_warps: int) -> int:

@@ -373,7 +373,9 @@ def routing_rows_kernel(
     n_slots = n_tokens * K
     _g, _s, _h, _r, _p, _m16, _m32, _m64, _m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, tl.num_programs(0), E_PAD)
-    rank8 = (ws_ptr + dead_o + tl.num_programs(0)).to(tl.pointer_type(tl.uint8))
+    # 16-byte aligned (the workspace is, and the host reserves the 3 int32 of padding), so the byte
+    # stores below can be vectors
+    rank8 = (ws_ptr + tl.multiple_of((dead_o + tl.num_programs(0) + 3) // 4 * 4, 4)).to(tl.pointer_type(tl.uint8))
     counts8 = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
     if N_ROWS_FROM_PTR:
         n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
@@ -393,10 +395,6 @@ def routing_rows_kernel(
     slot = rows[:, None] * K + tl.sum(earlier.to(tl.int32), axis=2)
     live = in_t[:, None] & (kk[None, :] < K)
     tl.store(ws_ptr + expt_o + slot, tl.where(row_ok[:, None], sel, -1), mask=live)
-    # the weights here, not in the placement: a row's picks are in its threads already, and the
-    # placement's chain of dependent steps is the shorter for it
-    w = _softmax_picks(_key_value(bests, PACK32), row_ok[:, None] & (kk[None, :] < K))
-    tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
     # ranks: [ROWS, RANK_BLOCK] blocks of 0/1 picks through one matmul each
     kth = tl.where(row_ok, best[K - 1], 2147483647 if PACK32 else 9223372036854775807)  # dead rows: none
     r = tl.arange(0, ROWS)
@@ -410,7 +408,9 @@ def routing_rows_kernel(
                     mask=in_t[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
         hit = (_keys_of(x, cols[None, :], col_ok[None, :], PACK32) >= kth[:, None]).to(tl.float16)
         v = tl.dot(tri, hit, out_dtype=tl.float32).to(tl.int32)
-        tl.store(rank8 + rows64[:, None] * E_PAD + cols[None, :], (v >> 1).to(tl.uint8), mask=(v & 1) == 1)
+        # every byte of the row block (only those at the picks are read): unmasked columns let the
+        # stores be vectors
+        tl.store(rank8 + rows64[:, None] * E_PAD + cols[None, :], (v >> 1).to(tl.uint8), mask=in_t[:, None])
         # the counts row as bytes (at most ROWS <= 128 picks per expert): the placement reads all rows
         tl.store(counts8 + pid * E_PAD + cols[None, :] + r[:, None] * 0, ((v >> 1) + (v & 1)).to(tl.uint8),
                  mask=r[:, None] == ROWS - 1)
@@ -419,6 +419,10 @@ def routing_rows_kernel(
     # fields instead of after the expert
     tl.debug_barrier()
     rank = tl.load(rank8 + rows64[:, None] * E_PAD + sel, mask=live & row_ok[:, None], other=0)
+    # the weights (while those loads are in flight) here, not in the placement: a row's picks are in
+    # its threads already, and the placement's chain of dependent steps is the shorter for it
+    w = _softmax_picks(_key_value(bests, PACK32), row_ok[:, None] & (kk[None, :] < K))
+    tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
     tl.store(ws_ptr + rank_o + slot, rank.to(tl.int32), mask=live)
     if USE_PDL:  # this program's results are stored: the placement may be launched (it waits for the grid)
         gdc_launch_dependents()
