@@ -99,6 +99,19 @@ def _fill_map(map_ptr, starts, tiles, cols, i, n_local, n_map):
 
 
 @triton.jit
+def _fill_map_blocks(map_ptr, starts, tiles, cols, n_local, n_map, q, nq, TILE_BLOCK: tl.constexpr):
+    """`_fill_map` for tile blocks q, q + nq, ... of one map."""
+    ib = tl.arange(0, TILE_BLOCK)
+    for i0 in range(q * TILE_BLOCK, tl.max(tiles, axis=0), nq * TILE_BLOCK):
+        _fill_map(map_ptr, starts, tiles, cols, i0 + ib, n_local, n_map)
+
+
+@triton.jit
+def _add2(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
+@triton.jit
 def _expert_scans(totals, n_local, PACKED: tl.constexpr):
     """totals: [E_PAD] int32 slots per expert (all experts). Returns the local experts' hist (zero at
     and beyond n_local), the exclusive prefix of totals over all experts (`start`), and for
@@ -116,10 +129,10 @@ def _expert_scans(totals, n_local, PACKED: tl.constexpr):
     if PACKED:
         a = totals.to(tl.int64) | (t16.to(tl.int64) << 20) | (t32.to(tl.int64) << 36)
         b = t64 | (t128 << 14)
-        ea = tl.cumsum(a, axis=0) - a
-        eb = tl.cumsum(b, axis=0) - b
-        ua = tl.sum(a, axis=0)
-        ub = tl.sum(b, axis=0)
+        ia, ib = tl.associative_scan((a, b), 0, _add2)  # one pass for both
+        ea = ia - a
+        eb = ib - b
+        ua, ub = tl.reduce((a, b), 0, _add2)
         start = (ea & 0xFFFFF).to(tl.int32)
         s16 = ((ea >> 20) & 0xFFFF).to(tl.int32)
         s32 = (ea >> 36).to(tl.int32)
@@ -174,13 +187,26 @@ def _write_expt_data(totals, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16
     n32 = _max_tiles(n_gates, n_local, 32)
     n64 = _max_tiles(n_gates, n_local, 64)
     n128 = _max_tiles(n_gates, n_local, 128)
-    ib = tl.arange(0, TILE_BLOCK)
-    for i0 in range(pid * TILE_BLOCK, tl.max(t16, axis=0), n_prog * TILE_BLOCK):
-        i = i0 + ib
-        _fill_map(map16_ptr, s16, t16, cols, i, n_local, n16)
-        _fill_map(map32_ptr, s32, t32, cols, i, n_local, n32)
-        _fill_map(map64_ptr, s64, t64, cols, i, n_local, n64)
-        _fill_map(map128_ptr, s128, t128, cols, i, n_local, n128)
+    if n_prog >= 4:  # each program fills one map (its slowest programs are the kernel's tail)
+        nq = n_prog // 4
+        q = pid // 4
+        if q < nq:
+            if pid % 4 == 0:
+                _fill_map_blocks(map16_ptr, s16, t16, cols, n_local, n16, q, nq, TILE_BLOCK)
+            elif pid % 4 == 1:
+                _fill_map_blocks(map32_ptr, s32, t32, cols, n_local, n32, q, nq, TILE_BLOCK)
+            elif pid % 4 == 2:
+                _fill_map_blocks(map64_ptr, s64, t64, cols, n_local, n64, q, nq, TILE_BLOCK)
+            else:
+                _fill_map_blocks(map128_ptr, s128, t128, cols, n_local, n128, q, nq, TILE_BLOCK)
+    else:
+        ib = tl.arange(0, TILE_BLOCK)
+        for i0 in range(pid * TILE_BLOCK, tl.max(t16, axis=0), n_prog * TILE_BLOCK):
+            i = i0 + ib
+            _fill_map(map16_ptr, s16, t16, cols, i, n_local, n16)
+            _fill_map(map32_ptr, s32, t32, cols, i, n_local, n32)
+            _fill_map(map64_ptr, s64, t64, cols, i, n_local, n64)
+            _fill_map(map128_ptr, s128, t128, cols, i, n_local, n128)
     per_prog = tl.cdiv(n16, n_prog)
     lanes = tl.arange(0, 4 * TILE_BLOCK)
     for c in range(0, per_prog, 4 * TILE_BLOCK):
@@ -463,11 +489,13 @@ def routing_place_kernel(
         if USER_INDX:
             dead = tl.load(ws_ptr + dead_o + r, mask=(r < p0) & (r < n_parts), other=0)
             dead_before += tl.sum(dead, axis=0)
-    totals = tl.sum(acc_all, axis=0)
-    n_routed = tl.sum(totals, axis=0)
+    totals, before = tl.reduce((acc_all, acc_before), 0, _add2)  # one pass for both
     scans = _expert_scans(totals, n_local, PACKED_SCANS)
-    base = scans[1] + tl.sum(acc_before, axis=0)
-    dead_base = n_routed + dead_before
+    base = scans[1] + before
+    if USER_INDX:
+        dead_base = tl.sum(totals, axis=0) + dead_before
+    else:
+        dead_base = dead_before  # unused: dead rows sit at their own slot index
     for p in range(p0, tl.minimum(p0 + parts_per_prog, n_parts)):
         if p > p0:  # past the previous part (not after the last one: that load would only delay the exit)
             base += tl.load(counts + (p - 1) * E_PAD + cols).to(tl.int32)
