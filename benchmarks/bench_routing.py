@@ -186,9 +186,9 @@ def sweep_rows_variants(tp: int) -> dict:
         v = [("auto", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)),
              ("old split", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES, False, False))]
         for rows in (32, 64, 128):
-            for pw in (4, 8):
-                plan = routing_details._rows_plan(n_tokens, n_expts, TOPK, 1, rows, routing_details.ROWS_Q, pw)
-                v.append((f"rows={rows} place_warps={pw} part_rows={plan.part_rows}", plan))
+            for pw, ppp in ((4, 1), (8, 1), (4, 2), (8, 2)):
+                plan = routing_details._rows_plan(n_tokens, n_expts, TOPK, 1, rows, routing_details.ROWS_Q, pw, ppp)
+                v.append((f"rows={rows} place_warps={pw} parts_per_place={ppp} part_rows={plan.part_rows}", plan))
         cases[(n_tokens, n_expts)] = v
     for n_tokens in (8, 16, 32, 64, 128, 256):  # fused (one program) against split, small T
         for n_expts in (32, 128):

@@ -294,6 +294,19 @@ def test_routing_plan_variants(variant, case, device, poisoned_workspace, monkey
     assert_routing_equal(*run_both(logits, k, **case))
 
 
+@pytest.mark.parametrize("case", [dict(T=70, E=64, k=3), dict(T=45, E=128, k=4, n_rows=31, simulated_ep=2)])
+def test_routing_rows_path_grouped_placement(case, device, poisoned_workspace, monkeypatch):
+    """The rows path with placement programs that each place several top-k programs' rows (the
+    byte counts rows advanced part by part)."""
+    case = dict(case)
+    T, E, k = case.pop("T"), case.pop("E"), case.pop("k")
+    plan = routing_details._rows_plan(T, E, k, case.get("simulated_ep", 1), 16, routing_details.ROWS_Q, 4, 2)
+    assert plan.rows_q and plan.n_parts > 2 and plan.n_place_programs < plan.n_parts
+    monkeypatch.setattr(routing_details, "make_routing_plan", lambda *a, **kw: plan)
+    logits = torch.randn(T, E, generator=torch.Generator().manual_seed(T + E)).to(torch.bfloat16).to(device)
+    assert_routing_equal(*run_both(logits, k, **case))
+
+
 def test_routing_all_tokens_on_one_expert(path, device, poisoned_workspace):
     logits = torch.randn(150, 32, generator=torch.Generator().manual_seed(3))
     logits[:, 5] += 100.0

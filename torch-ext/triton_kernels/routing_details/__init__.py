@@ -147,12 +147,12 @@ ROWS_MIN_E_PAD = 64
 
 
 def _rows_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, rows: int, q: int,
-               place_warps: int = 4) -> RoutingPlan:
+               place_warps: int = 4, parts_per_place: int = 1) -> RoutingPlan:
     """The split path with `routing_rows_kernel`: `rows` rows per top-k program (a power of two
     >= 16: the rank matmul), q threads per row."""
     e_pad = max(32, _next_pow2(n_expts))
     num_warps = max(1, min(16, rows * q // 32))
-    plan = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, 1, place_warps)
+    plan = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, parts_per_place, place_warps)
     sizes = _layout(n_tokens * k, n_expts // simulated_ep, plan.n_parts, e_pad, n_tokens * e_pad)
     return dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q)
 
