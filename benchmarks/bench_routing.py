@@ -179,7 +179,6 @@ def plan_summary(n_tokens, n_expts, k) -> dict:
 def sweep_rows_variants(tp: int) -> dict:
     """The rows path (`routing_rows_kernel`, 4 threads per row): rows per program x placement
     warps, and the old split plan."""
-    import dataclasses
     orig = routing_details.make_routing_plan
     cases = {}
     for n_tokens, n_expts in ((16384, 128), (4096, 128)):
@@ -246,14 +245,28 @@ def sweep_variants(tp: int, focused: bool = False) -> dict:
     return cases
 
 
+def time_variant(logits, reps: int, kind: str, name: str) -> dict:
+    """One sweep entry under whatever plan or switches are set now: checked against routing_torch,
+    then timed graphed (1 and 16 calls per graph); a variant that fails is reported, not fatal."""
+    try:
+        bad = mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
+        g1 = time_graph_us(lambda: routing(logits, TOPK), reps)
+        g16 = time_graph_us(lambda: routing(logits, TOPK), max(20, reps // 8), 16)
+    except Exception as exc:
+        bad, g1, g16 = [f"{type(exc).__name__}: {str(exc)[:200]}"], float("nan"), float("nan")
+    n_tokens, n_expts = logits.shape
+    print(f"  {kind} T={n_tokens} E={n_expts} {name}: graph {g1:.1f} us, x16 {g16:.1f} us {bad or ''}", flush=True)
+    return dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16)
+
+
 def sweep_flags(dtype, reps: int) -> list[dict]:
     """The split path's programmatic dependent launch of the placement on and off (each twice, to
     show the spread), and the split path against the fused one at T = 64."""
     out = []
     flags = [dict(PDL=True), dict(PDL=False), dict(PDL=True), dict(PDL=False)]  # twice: the spread
-    shapes = [(n_tokens, n_expts, fused_max) for n_tokens in (4096, 16384) for n_expts in (32, 128)
-              for fused_max in (routing_details.FUSED_MAX_TILES,)]
-    shapes += [(64, n_expts, fused_max) for n_expts in (32, 128) for fused_max in (routing_details.FUSED_MAX_TILES, 0)]
+    default = routing_details.FUSED_MAX_TILES
+    shapes = [(n_tokens, n_expts, default) for n_tokens in (4096, 16384) for n_expts in (32, 128)]
+    shapes += [(64, n_expts, fused_max) for n_expts in (32, 128) for fused_max in (default, 0)]
     saved = {name: getattr(routing_details, name) for name in ("PDL", "FUSED_MAX_TILES")}
     for n_tokens, n_expts, fused_max in shapes:
         logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
@@ -261,16 +274,11 @@ def sweep_flags(dtype, reps: int) -> list[dict]:
             for name, value in dict(f, FUSED_MAX_TILES=fused_max).items():
                 setattr(routing_details, name, value)
             try:
-                bad = mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
-                g1 = time_graph_us(lambda: routing(logits, TOPK), reps)
-                g16 = time_graph_us(lambda: routing(logits, TOPK), max(20, reps // 8), 16)
+                name = " ".join(f"{k}={v}" for k, v in f.items()) + f" fused_max_tiles={fused_max}"
+                out.append(time_variant(logits, reps, "flags", name))
             finally:
                 for name, value in saved.items():
                     setattr(routing_details, name, value)
-            name = " ".join(f"{k}={v}" for k, v in f.items()) + f" fused_max_tiles={fused_max}"
-            out.append(dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16))
-            print(f"  flags T={n_tokens} E={n_expts} {name}: graph {g1:.1f} us, x16 {g16:.1f} us {bad or ''}",
-                  flush=True)
     return out
 
 
@@ -285,16 +293,9 @@ def sweep(dtype, reps: int, focused: bool = False, rows: bool = False) -> list[d
         for name, plan in variants:
             routing_details.make_routing_plan = lambda *a, _p=plan, **kw: _p
             try:
-                bad = mismatches(routing(logits, TOPK), routing_torch(logits, TOPK))
-                g1 = time_graph_us(lambda: routing(logits, TOPK), reps)
-                g16 = time_graph_us(lambda: routing(logits, TOPK), max(20, reps // 8), 16)
-            except Exception as exc:  # a variant that does not compile is reported, not fatal
-                bad, g1, g16 = [f"{type(exc).__name__}: {str(exc)[:200]}"], float("nan"), float("nan")
+                out.append(time_variant(logits, reps, "sweep", name))
             finally:
                 routing_details.make_routing_plan = orig
-            out.append(dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16))
-            print(f"  sweep T={n_tokens} E={n_expts} {name}: graph {g1:.1f} us, x16 {g16:.1f} us {bad or ''}",
-                  flush=True)
     if rows:
         return out
     import cProfile

@@ -333,10 +333,8 @@ def routing_fused_kernel(
         for r0 in range(0, n_tokens, PLACE_ROWS):
             _place_rows(ws_ptr, r0, n_tokens, start, n_routed, expt_o, rank_o, w_o, gate, scal, n_local,
                         PLACE_ROWS, K, K_PAD, not SM_FIRST, USER_INDX, False)
-    cols = tl.arange(0, E_PAD)
-    _write_expt_data(tl.where(cols < n_local, totals, 0), n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o,
-                     ws_ptr + pad_o, ws_ptr + m16, ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1,
-                     E_PAD, TILE_BLOCK)
+    _write_expt_data(totals, n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o, ws_ptr + pad_o, ws_ptr + m16,
+                     ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, 0, 1, E_PAD, TILE_BLOCK)
 
 
 @triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val", "n_iter"])
