@@ -168,30 +168,41 @@ def kernel_breakdown(n_tokens, n_expts, k, dtype) -> dict:
     return out
 
 
+def auto_plan(n_tokens, n_expts, k=TOPK, orig=None):
+    """The plan `routing` takes for this shape (`orig`: make_routing_plan, where a sweep replaces it)."""
+    orig = orig or routing_details.make_routing_plan
+    return orig(n_tokens, n_expts, k, 1, False, routing_details._target_programs(), routing_details.FUSED_MAX_TILES,
+                False, routing_details.ROWS_PATH, routing_details._one_launch_programs())
+
+
 def plan_summary(n_tokens, n_expts, k) -> dict:
-    plan = routing_details.make_routing_plan(n_tokens, n_expts, k, 1, False, routing_details._target_programs(),
-                                             routing_details.FUSED_MAX_TILES)
-    return dict(fused=plan.fused, rows_q=plan.rows_q, block_t=plan.block_t, n_iter=plan.n_iter, topk_programs=plan.n_parts,
+    plan = auto_plan(n_tokens, n_expts, k)
+    return dict(fused=plan.fused, rows_q=plan.rows_q, one_launch=plan.one_launch, block_t=plan.block_t, n_iter=plan.n_iter, topk_programs=plan.n_parts,
                 num_warps=plan.num_warps, place_programs=0 if plan.fused else plan.n_place_programs,
                 place_warps=plan.place_warps, reg_softmax=plan.reg_softmax, workspace_int32=plan.total)
 
 
 def sweep_rows_variants(tp: int) -> dict:
     """The rows path (`routing_rows_kernel`, 4 threads per row): rows per program x placement
-    warps, and the old split plan."""
+    warps or one launch, and the old split plan."""
     orig = routing_details.make_routing_plan
     cases = {}
-    for n_tokens, n_expts in ((16384, 128), (4096, 128)):
-        v = [("auto", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)),
+    for n_tokens, n_expts in ((16384, 128), (4096, 128), (1024, 128), (256, 128)):
+        v = [("auto", auto_plan(n_tokens, n_expts, orig=orig)),
              ("old split", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES, False, False))]
-        for rows in (32, 64, 128):
-            for pw, ppp in ((4, 1), (8, 1), (4, 2), (8, 2)):
+        for rows in (16, 32, 64, 128):
+            if n_tokens // rows > 4 * tp or n_tokens < rows:
+                continue
+            if -(-n_tokens // rows) <= routing_details._one_launch_programs():
+                v.append((f"rows={rows} one launch", routing_details._rows_plan(
+                    n_tokens, n_expts, TOPK, 1, rows, routing_details.ROWS_Q, one_launch=True)))
+            for pw, ppp in ((4, 1), (8, 1), (4, 2)):
                 plan = routing_details._rows_plan(n_tokens, n_expts, TOPK, 1, rows, routing_details.ROWS_Q, pw, ppp)
                 v.append((f"rows={rows} place_warps={pw} parts_per_place={ppp} part_rows={plan.part_rows}", plan))
         cases[(n_tokens, n_expts)] = v
     for n_tokens in (8, 16, 32, 64, 128, 256):  # fused (one program) against split, small T
         for n_expts in (32, 128):
-            v = [("auto", orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)),
+            v = [("auto", auto_plan(n_tokens, n_expts, orig=orig)),
                  ("fused", orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)),
                  ("split", orig(n_tokens, n_expts, TOPK, 1, False, tp, 0))]
             cases[(n_tokens, n_expts)] = v
@@ -210,7 +221,7 @@ def sweep_variants(tp: int, focused: bool = False) -> dict:
     if focused:
         for n_tokens in (4096, 16384):
             auto = orig(n_tokens, 128, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
-            v = [("auto", auto)]
+            v = [("auto", auto_plan(n_tokens, 128, orig=orig))]
             for ppp, pw in ((1, 4), (1, 8), (2, 8)):
                 base = split(n_tokens, 128, TOPK, 1, auto.block_t, auto.n_iter, auto.num_warps, ppp, pw)
                 for tb in (4, 8, 32):
@@ -220,7 +231,7 @@ def sweep_variants(tp: int, focused: bool = False) -> dict:
         return cases
     for n_tokens, n_expts in ((64, 32), (64, 128), (4096, 32), (4096, 128), (16384, 32), (16384, 128)):
         auto = orig(n_tokens, n_expts, TOPK, 1, False, tp, routing_details.FUSED_MAX_TILES)
-        v = [("auto", auto)]
+        v = [("auto", auto_plan(n_tokens, n_expts, orig=orig))]
         if n_tokens <= 64:
             f = orig(n_tokens, n_expts, TOPK, 1, False, tp, 1 << 30)
             for nw in (4, 8, 16):
@@ -260,25 +271,29 @@ def time_variant(logits, reps: int, kind: str, name: str) -> dict:
 
 
 def sweep_flags(dtype, reps: int) -> list[dict]:
-    """The split path's programmatic dependent launch of the placement on and off (each twice, to
-    show the spread), and the split path against the fused one at T = 64."""
+    """The rows path's one launch against two (the placement a programmatic dependent launch or
+    not), and the split path against the fused one at T = 64."""
     out = []
-    flags = [dict(PDL=True), dict(PDL=False), dict(PDL=True), dict(PDL=False)]  # twice: the spread
+    flags = [dict(ONE_LAUNCH=True, ONE_LAUNCH_MAX_WARPS=16, PDL=True), dict(ONE_LAUNCH=False, PDL=True),
+             dict(ONE_LAUNCH=False, PDL=False)]
     default = routing_details.FUSED_MAX_TILES
-    shapes = [(n_tokens, n_expts, default) for n_tokens in (4096, 16384) for n_expts in (32, 128)]
+    shapes = [(n_tokens, n_expts, default) for n_tokens in (1024, 4096, 16384) for n_expts in (32, 128)]
     shapes += [(64, n_expts, fused_max) for n_expts in (32, 128) for fused_max in (default, 0)]
-    saved = {name: getattr(routing_details, name) for name in ("PDL", "FUSED_MAX_TILES")}
+    saved = {name: getattr(routing_details, name)
+             for name in ("ONE_LAUNCH", "ONE_LAUNCH_MAX_WARPS", "PDL", "FUSED_MAX_TILES")}
     for n_tokens, n_expts, fused_max in shapes:
         logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
         for f in flags if n_tokens > 64 or fused_max == 0 else flags[:1]:
             for name, value in dict(f, FUSED_MAX_TILES=fused_max).items():
                 setattr(routing_details, name, value)
+            routing_details.make_routing_plan.cache_clear()  # ONE_LAUNCH_MAX_WARPS is read when a plan is made
             try:
                 name = " ".join(f"{k}={v}" for k, v in f.items()) + f" fused_max_tiles={fused_max}"
                 out.append(time_variant(logits, reps, "flags", name))
             finally:
                 for name, value in saved.items():
                     setattr(routing_details, name, value)
+                routing_details.make_routing_plan.cache_clear()
     return out
 
 

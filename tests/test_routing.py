@@ -307,6 +307,72 @@ def test_routing_rows_path_grouped_placement(case, device, poisoned_workspace, m
     assert_routing_equal(*run_both(logits, k, **case))
 
 
+ONE_LAUNCH_CASES = [dict(T=100, E=64, k=4), dict(T=45, E=128, k=4, n_rows=31, simulated_ep=2), dict(T=20, E=256, k=8),
+                    dict(T=128, E=64, k=1, dtype=torch.float32), dict(T=70, E=100, k=3, n_rows="tensor")]
+
+
+@pytest.mark.parametrize("case", ONE_LAUNCH_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_routing_one_launch_single_program(case, device, poisoned_workspace, monkeypatch):
+    """The rows path's one-launch form (grid barrier, then each program places its own slots and
+    shares ExptData) with one program: the interpreter runs programs one after the other, so
+    several can only meet at a barrier on a GPU (the GPU tests below). The counter ends each
+    call a multiple of the stride: it is never reset."""
+    from triton_kernels.routing_details._kernels import GRID_BARRIER_STRIDE
+    case = dict(case)
+    T, E, k, dtype = case.pop("T"), case.pop("E"), case.pop("k"), case.pop("dtype", torch.bfloat16)
+    counter = torch.zeros(4, dtype=torch.int32, device=device)
+    monkeypatch.setattr(routing_details, "_target_programs", lambda: 1)
+    monkeypatch.setattr(routing_details, "_one_launch_programs", lambda: 1)
+    monkeypatch.setattr(routing_details, "ONE_LAUNCH_MAX_WARPS", 16)  # one program of up to 128 rows
+    monkeypatch.setattr(routing_details, "barrier_counter", lambda *a: counter[:1])
+    routing_details.make_routing_plan.cache_clear()  # plans made under the switches above stay here
+    logits = torch.randn(T, E, generator=torch.Generator().manual_seed(T * E)).to(dtype).to(device)
+    if case.get("n_rows") == "tensor":
+        case["n_rows"] = torch.tensor(T - 20, device=device)
+    plan = routing_details.make_routing_plan(T, E, k, case.get("simulated_ep", 1), False, 1,
+                                             routing_details.FUSED_MAX_TILES, False, True, 1)
+    assert plan.one_launch and plan.n_parts == 1 and plan.rows_q
+    for calls in (1, 2):
+        assert_routing_equal(*run_both(logits, k, **case))
+        assert counter.tolist() == [calls * GRID_BARRIER_STRIDE.value, 0, 0, 0]
+    routing_details.make_routing_plan.cache_clear()
+
+
+def test_routing_one_launch_falls_back_to_two_launches_without_a_counter(device, poisoned_workspace, monkeypatch):
+    launched = []
+    real_launch = routing_details._launch
+    monkeypatch.setattr(routing_details, "_launch", lambda fn, *a, **kw: (launched.append(fn.__name__),
+                                                                          real_launch(fn, *a, **kw)))
+    monkeypatch.setattr(routing_details, "_target_programs", lambda: 1)
+    monkeypatch.setattr(routing_details, "_one_launch_programs", lambda: 1)
+    logits = torch.randn(20, 64, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(device)
+    counter = torch.zeros(1, dtype=torch.int32, device=device)
+    for available, kernels in [(True, ["routing_rows_kernel"]), (False, ["routing_rows_kernel", "routing_place_kernel"])]:
+        monkeypatch.setattr(routing_details, "barrier_counter", lambda *a: counter if available else None)
+        launched.clear()
+        assert_routing_equal(*run_both(logits, 4))
+        assert launched == kernels
+
+
+def test_grid_counters_pool(monkeypatch):
+    """Eager calls share one counter per stream; each captured call gets its own for good; none
+    before the pool exists (it cannot be zeroed inside a capture) or once the pool is used up."""
+    from triton_kernels.routing_details import _grid_counters as gc
+    monkeypatch.setattr(gc, "_POOLS", {})
+    monkeypatch.setattr(gc, "POOL_COUNTERS", 3)
+    cpu = torch.device("cpu")
+    assert gc.barrier_counter(cpu, 11, capturing=True) is None
+    a = gc.barrier_counter(cpu, 11, capturing=False)
+    assert a.tolist() == [0] and a.data_ptr() % 16 == 0
+    assert gc.barrier_counter(cpu, 11, capturing=False).data_ptr() == a.data_ptr()
+    b = gc.barrier_counter(cpu, 12, capturing=False)
+    c = gc.barrier_counter(cpu, 11, capturing=True)
+    assert len({a.data_ptr(), b.data_ptr(), c.data_ptr()}) == 3 and c.data_ptr() % 16 == 0
+    assert gc.barrier_counter(cpu, 11, capturing=True) is None  # pool used up: the caller takes two launches
+    assert gc.barrier_counter(cpu, 13, capturing=False) is None
+    assert gc.barrier_counter(cpu, 12, capturing=False).data_ptr() == b.data_ptr()
+
+
 def test_routing_all_tokens_on_one_expert(path, device, poisoned_workspace):
     logits = torch.randn(150, 32, generator=torch.Generator().manual_seed(3))
     logits[:, 5] += 100.0
@@ -539,11 +605,13 @@ for user, smf in [(False, False), (True, True)]:
                                                          TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user,
                                                          COUNTS8=not user, USE_PDL=not user,
                                                          PACKED_SCANS=not user), 4)
-for dt, e, k, rows, q in [("*bf16", 128, 4, 128, 4), ("*fp32", 40, 3, 16, 1), ("*fp16", 256, 8, 32, 4)]:
-    build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64"},
+for dt, e, k, rows, q, one in [("*bf16", 128, 4, 128, 4, True), ("*fp32", 40, 3, 16, 1, False),
+                               ("*fp16", 256, 8, 32, 4, True), ("*bf16", 128, 4, 128, 4, False)]:
+    build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64", "bar_ptr": "*i32"},
           dict(K=k, K_PAD=1 << (k - 1).bit_length(), E_PAD=max(32, 1 << (e - 1).bit_length()), ROWS=rows, Q=q,
                N_ROWS_FROM_PTR=True, PACK32=dt != "*fp32", FULL_E=e == 128, RANK_BLOCK=16 if e == 40 else 128,
-               USE_PDL=q == 4),
+               USE_PDL=q == 4 and not one, ONE_LAUNCH=one, PART_ROWS=64 if one else 1, TILE_BLOCK=8,
+               PACKED_SCANS=one),
           max(1, rows * q // 32))
 build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
 print("compiled")
@@ -602,7 +670,60 @@ def test_routing_gpu_options(T, E, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("T,E,k,dtype", [(16384, 128, 4, torch.bfloat16), (64, 32, 4, torch.float32),
+def test_routing_gpu_one_launch_where_the_grid_fits():
+    """The full-size tests above run the one-launch path where the rows path has at most one program
+    per SM of at most ONE_LAUNCH_MAX_WARPS warps, and two launches beyond."""
+    for T, E, one in [(4096, 128, True), (4096, 256, True), (16384, 128, False), (65536, 128, False)]:
+        plan = routing_details.make_routing_plan(T, E, 4, 1, False, routing_details._target_programs(),
+                                                 routing_details.FUSED_MAX_TILES, False, True,
+                                                 routing_details._one_launch_programs())
+        assert plan.rows_q and plan.one_launch == one, (T, E, plan)
+
+
+@pytest.mark.gpu
+def test_routing_gpu_one_launch_concurrent_streams():
+    """Eager one-launch calls on two streams at once: each stream has its own barrier counter."""
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    logits = [torch.randn(4096, 128, device="cuda").to(torch.bfloat16) for _ in streams]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    outs = [[], []]
+    for _ in range(10):
+        for i, s in enumerate(streams):
+            with torch.cuda.stream(s):
+                outs[i].append(R.routing(logits[i], 4))
+    torch.cuda.synchronize()
+    for i in range(2):
+        ref = R.routing_torch(logits[i], 4)
+        for out in outs[i]:
+            assert_routing_equal(out, ref)
+
+
+@pytest.mark.gpu
+def test_routing_gpu_capture_before_any_eager_call_takes_two_launches(monkeypatch):
+    """A capture on a device whose counter pool does not exist yet cannot zero one: that call
+    takes two launches and replays right."""
+    from triton_kernels.routing_details import _grid_counters as gc
+    monkeypatch.setattr(gc, "_POOLS", {})  # as in a fresh process
+    static = torch.randn(4096, 128, device="cuda").to(torch.bfloat16)
+    with monkeypatch.context() as m:  # compile the two launches outside the capture, without making the pool
+        m.setattr(routing_details, "barrier_counter", lambda *a: None)
+        R.routing(static, 4)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = R.routing(static, 4)
+    assert gc._POOLS == {}
+    fresh = torch.randn(4096, 128, device="cuda").to(torch.bfloat16)
+    static.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_routing_equal(out, R.routing_torch(fresh, 4))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,E,k,dtype", [(16384, 128, 4, torch.bfloat16), (4096, 128, 4, torch.bfloat16),
+                                         (64, 32, 4, torch.float32),
                                          (65536, 256, 8, torch.bfloat16)])
 def test_routing_cuda_graph_replays_with_new_logits(T, E, k, dtype):
     static = torch.randn(T, E, device="cuda").to(dtype)

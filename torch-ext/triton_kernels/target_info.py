@@ -169,6 +169,14 @@ def programmatic_dependent_launch() -> bool:
     return target.variant in ("hopper", "blackwell") and not target.interpreter
 
 
+def cooperative_grid() -> bool:
+    """Whether a kernel may be launched as a cooperative grid (all its programs resident at once, so
+    they may wait for each other): every GPU variant; not the interpreter, which runs programs one
+    after the other."""
+    target = get_target()
+    return target.is_gpu and not target.interpreter
+
+
 _warned: set[str] = set()
 
 

@@ -39,6 +39,11 @@ Two paths:
   is `routing_topk_kernel` (P programs of `n_iter` tiles, `select_tile` and `_rank_tile`).
   With PDL on Hopper and newer, the placement is launched as a programmatic dependent of launch 1
   (its launch overlaps launch 1's run; it waits for launch 1's results before reading them).
+* one launch (rows path, at most one program per SM of at most ONE_LAUNCH_MAX_WARPS warps, on a
+  GPU): `routing_rows_kernel` launched as a cooperative grid; after its counts rows are stored,
+  every program waits at a grid barrier, then does the placement's work for its own rows from
+  registers and its share of ExptData. The barrier's counter comes from `_grid_counters` (never
+  reset: each call adds a fixed stride); where none can be had, the call takes two launches.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import torch
 import triton
 
 from .. import target_info
+from ._grid_counters import barrier_counter
 from ._kernels import (BLOCK_SIZES, expt_data_kernel, routing_fused_kernel, routing_place_kernel,
                        routing_rows_kernel, routing_topk_kernel)
 
@@ -64,6 +70,7 @@ FUSED_MAX_KEYS = 1024
 ROWS_PATH = True  # split path: `routing_rows_kernel` where it applies (no user indices, no sm_first, k <= 8)
 FAST_LAUNCH = True  # relaunch cached compiled kernels directly (see `_launch`)
 PDL = True  # split path on Hopper and newer: the placement is a programmatic dependent launch of launch 1
+ONE_LAUNCH = True  # rows path with at most one program per SM: one cooperative launch (see `_rows_plan`)
 _COMPILED: dict = {}
 
 
@@ -127,6 +134,7 @@ class RoutingPlan:
     place_warps: int = 4
     rows_q: int = 0  # split path with `routing_rows_kernel`: threads per row (0: `routing_topk_kernel`)
     packed_scans: bool = False  # placement: the expert prefix sums as packed fields (`_kernels._expert_scans`)
+    one_launch: bool = False  # rows path: `routing_rows_kernel` places the slots itself after a grid barrier
 
 
 # Split path's top-k kernel: keys of the [block_t, E] logits tile per thread and the warp range,
@@ -147,24 +155,39 @@ ROWS_MIN_E_PAD = 64
 
 
 def _rows_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, rows: int, q: int,
-               place_warps: int = 4, parts_per_place: int = 1) -> RoutingPlan:
+               place_warps: int = 4, parts_per_place: int = 1, one_launch: bool = False) -> RoutingPlan:
     """The split path with `routing_rows_kernel`: `rows` rows per top-k program (a power of two
-    >= 16: the rank matmul), q threads per row."""
+    >= 16: the rank matmul), q threads per row. one_launch: no placement kernel; the rows
+    kernel's programs (which must all be resident at once) place the slots after a grid barrier,
+    with the placement's counts-row and block_pid_map steps sized for their own warps."""
     e_pad = max(32, _next_pow2(n_expts))
     num_warps = max(1, min(16, rows * q // 32))
     plan = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, parts_per_place, place_warps)
     sizes = _layout(n_tokens * k, n_expts // simulated_ep, plan.n_parts, e_pad, n_tokens * e_pad)
-    return dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q)
+    plan = dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q)
+    if not one_launch:
+        return plan
+    # the placement's counts-row and block_pid_map steps, sized for the rows kernel's own warps
+    steps = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, 1, num_warps)
+    return dataclasses.replace(plan, one_launch=True, parts_per_place=1, n_place_programs=plan.n_parts,
+                               part_rows=steps.part_rows, tile_block=steps.tile_block)
 
 
 ROWS_MAX = 128  # rows per program of the rows path (the [ROWS, ROWS] rank matmul operand)
+# One launch only for rows programs of up to 4 warps (32 rows). H100 sweep (bench_routing.py
+# --sweep-flags / --sweep-rows, 16-call graphs, E = 128): one launch vs two 8.4 vs 8.9 us at T = 4096
+# (32 rows), 7.6 vs 7.9 at 1024 (16 rows), 6.3 vs 7.3 at 64; but 18.8 vs 15.6 at T = 16384 (128 rows,
+# 16 warps: the placement steps after the barrier, run by 16 warps, cost more than the second launch).
+ONE_LAUNCH_MAX_WARPS = 4
 RANK_BLOCK_MAX = 128  # columns per rank matmul (one block up to E = 128: fewer barriers than blocks of 16)
 
 
 @functools.lru_cache(maxsize=256)
 def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm_first: bool,
                       target_programs: int, fused_max_tiles: int = FUSED_MAX_TILES, user: bool = False,
-                      rows_path: bool = True) -> RoutingPlan:
+                      rows_path: bool = True, one_launch_programs: int = 0) -> RoutingPlan:
+    """one_launch_programs: the rows path takes one cooperative launch where it has at most this
+    many programs (the device's SMs: one program per SM always fits; 0: never)."""
     e_pad = max(32, _next_pow2(n_expts))
     k_pad = _next_pow2(k)
     n_slots = n_tokens * k
@@ -185,7 +208,8 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
                            _map_block(e_pad, num_warps), block_t <= 2 * num_warps, sizes, sum(sizes))
     if rows_path and not user and not sm_first and k <= 8 and ROWS_MIN_E_PAD <= e_pad <= 256:
         rows = max(16, min(ROWS_MAX, _next_pow2(triton.cdiv(n_tokens, max(1, target_programs)))))
-        return _rows_plan(n_tokens, n_expts, k, simulated_ep, rows, ROWS_Q)
+        one = triton.cdiv(n_tokens, rows) <= one_launch_programs and rows * ROWS_Q <= 32 * ONE_LAUNCH_MAX_WARPS
+        return _rows_plan(n_tokens, n_expts, k, simulated_ep, rows, ROWS_Q, one_launch=one)
     # split: about target_programs top-k programs of at most SPLIT_MAX_WARPS warps, each tile
     # holding `_split_keys_per_thread` keys per thread
     per_thread = _split_keys_per_thread(e_pad) // (2 if sm_first else 1)
@@ -226,19 +250,22 @@ def _aligned(t) -> bool:
 
 
 def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int, device,
-            launch_pdl: bool = False) -> None:
+            launch_pdl: bool = False, cooperative: bool = False) -> None:
     """fn[(n_programs,)](*args, *consts): the first call of a key goes through Triton's JIT
     (compiling or finding the kernel); later calls hand the same arguments straight to the
     compiled kernel's launcher, skipping the JIT's per-call binding and cache-key work (most of
     an eager routing call's host time). `key` must hold everything Triton specializes on: the
     constexprs, dtypes, the pointer alignments and the specialized integer arguments (strides).
-    launch_pdl: launch as a programmatic dependent of the previous kernel (a compile option, so
-    the compiled kernel's launcher keeps it)."""
+    launch_pdl: launch as a programmatic dependent of the previous kernel; cooperative: as a
+    cooperative grid (all programs resident at once; both are compile options, so the compiled
+    kernel's launcher keeps them)."""
     hit = _COMPILED.get(key) if FAST_LAUNCH else None
     if hit is None:
         kwargs = dict(zip(fn.arg_names[len(args):], consts))
         if launch_pdl:
             kwargs["launch_pdl"] = True
+        if cooperative:
+            kwargs["launch_cooperative_grid"] = True
         compiled = fn[(n_programs,)](*args, **kwargs, num_warps=num_warps)
         if FAST_LAUNCH and device.type == "cuda" and hasattr(compiled, "packed_metadata"):
             _COMPILED[key] = compiled
@@ -252,15 +279,26 @@ def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int
     hit.run(n_programs, 1, 1, stream, hit.function, hit.packed_metadata, meta, enter, leave, *args, *consts)
 
 
+def _one_launch_programs() -> int:
+    return target_info.num_sms() if ONE_LAUNCH and target_info.cooperative_grid() else 0
+
+
 def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simulated_ep: int, n_rows):
     """Returns (gate_scal, topk_indx, gate_indx, hist, token_offs_raw, token_offs_pad, block_pid_map).
 
     Arguments are assumed checked (routing.routing does it)."""
     n_tokens, n_expts = logits.shape
     user = expt_indx is not None
-    plan = make_routing_plan(n_tokens, n_expts, k, simulated_ep, sm_first, _target_programs(), FUSED_MAX_TILES,
-                             user, ROWS_PATH)
+    plan_args = (n_tokens, n_expts, k, simulated_ep, sm_first, _target_programs(), FUSED_MAX_TILES, user, ROWS_PATH)
+    plan = make_routing_plan(*plan_args, _one_launch_programs())
     dev = logits.device
+    counter = None
+    if plan.one_launch:
+        cuda = dev.type == "cuda"
+        stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else 0
+        counter = barrier_counter(dev, stream, cuda and torch.cuda.is_current_stream_capturing())
+        if counter is None:  # no barrier counter to be had: the two launches need none
+            plan = make_routing_plan(*plan_args, 0)
     ws = torch.empty(plan.total, dtype=torch.int32, device=dev)
     from_ptr = isinstance(n_rows, torch.Tensor)
     n_rows_ptr = n_rows if from_ptr else None
@@ -284,10 +322,13 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
         pdl = PDL and target_info.programmatic_dependent_launch()
         if plan.rows_q:
             consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
-                      min(plan.e_pad, RANK_BLOCK_MAX), pdl)
+                      min(plan.e_pad, RANK_BLOCK_MAX), pdl and not plan.one_launch, plan.one_launch, plan.part_rows,
+                      plan.tile_block, plan.packed_scans)
             _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
-                    (logits, sx0, sx1, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val), consts,
-                    plan.num_warps, dev)
+                    (logits, sx0, sx1, ws, n_rows_ptr, counter, n_tokens, n_expts, n_local, n_rows_val), consts,
+                    plan.num_warps, dev, cooperative=plan.one_launch and dev.type == "cuda")
+            if plan.one_launch:
+                return _outputs(ws, plan)
         else:
             consts = (k, plan.k_pad, plan.e_pad, plan.block_t, sm_first, user, from_ptr, pack32, pdl)
             _launch(routing_topk_kernel, plan.n_parts, ("topk", consts, plan.num_warps) + spec,
@@ -299,6 +340,10 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.rows_per_part, plan.parts_per_place, n_tokens, n_local), consts,
                 plan.place_warps, dev, launch_pdl=pdl)
+    return _outputs(ws, plan)
+
+
+def _outputs(ws: torch.Tensor, plan: RoutingPlan):
     (topk_indx, gate_indx, gate_scal, hist, raw, p16, p32, p64, p128, m16, m32, m64, m128,
      _scratch) = ws.split_with_sizes(plan.sizes)
     return (gate_scal.view(torch.float32), topk_indx, gate_indx, hist, raw, {16: p16, 32: p32, 64: p64, 128: p128},

@@ -219,6 +219,44 @@ def _write_expt_data(totals, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16
 
 
 @triton.jit
+def _counts_prefix(counts, n_parts, p0, PART_ROWS: tl.constexpr, E_PAD: tl.constexpr):
+    """The P counts rows ([n_parts, E_PAD] at `counts`, int32 or bytes): per expert, the sum over all
+    rows (totals) and over the rows before p0. Loads bypass L1: in the one-launch path other
+    programs wrote the rows during this kernel."""
+    cols = tl.arange(0, E_PAD)
+    acc_all = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
+    acc_before = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
+    for r0 in range(0, n_parts, PART_ROWS):
+        r = r0 + tl.arange(0, PART_ROWS)
+        tile = tl.load(counts + r[:, None] * E_PAD + cols[None, :], mask=r[:, None] < n_parts, other=0,
+                       cache_modifier=".cg").to(tl.int32)
+        acc_all += tile
+        acc_before += tl.where(r[:, None] < p0, tile, 0)
+    return tl.reduce((acc_all, acc_before), 0, _add2)  # one pass for both
+
+
+GRID_BARRIER_STRIDE = tl.constexpr(1 << 16)  # what one call adds to its counter (more than any grid)
+
+
+@triton.jit
+def _grid_barrier(bar_ptr):
+    """Wait until every program of the (cooperatively launched, so co-resident) grid has got here;
+    the stores before it are visible to the loads after it. `bar_ptr`: an int32 counter used by one
+    call at a time and left a multiple of GRID_BARRIER_STRIDE by every call (zero to begin with):
+    the programs add STRIDE in all (program 0 the rest after 1 each), so each knows the value at
+    which all have arrived without the counter ever being reset (int32 wraparound is harmless)."""
+    tl.debug_barrier()  # every thread's stores precede the release below
+    n_prog = tl.num_programs(0)
+    inc = tl.where(tl.program_id(0) == 0, GRID_BARRIER_STRIDE - n_prog + 1, 1)
+    old = tl.atomic_add(bar_ptr, inc, sem="release", scope="gpu")
+    done = (old & -GRID_BARRIER_STRIDE) + GRID_BARRIER_STRIDE
+    seen = old + inc
+    while done - seen > 0:
+        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
 def _store_placed(ws_ptr, pos, slot, is_local, w, live, gate, scal):
     """Slots at their sorted positions: topk_indx[pos] = slot, gate_indx[slot] = pos (-1 for slots of
     other ranks' experts), gate_scal[pos] = the weight."""
@@ -378,24 +416,30 @@ def routing_topk_kernel(
 
 @triton.jit(do_not_specialize=["n_tokens", "n_expts", "n_local", "n_rows_val"])
 def routing_rows_kernel(
-    x_ptr, stride_xt, stride_xe, ws_ptr, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
+    x_ptr, stride_xt, stride_xe, ws_ptr, n_rows_ptr, bar_ptr, n_tokens, n_expts, n_local, n_rows_val,
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, ROWS: tl.constexpr, Q: tl.constexpr,
     N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr, FULL_E: tl.constexpr, RANK_BLOCK: tl.constexpr = 16,
-    USE_PDL: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False, ONE_LAUNCH: tl.constexpr = False, PART_ROWS: tl.constexpr = 1,
+    TILE_BLOCK: tl.constexpr = 8, PACKED_SCANS: tl.constexpr = False,
 ):
-    """Launch 1 of 2 without user indices or sm_first (K <= 8): program p takes ROWS rows, Q
-    threads per row. `row_topk` gives each row's K_PAD largest keys (in registers, no per-key
-    shuffles) and keeps its keys; the picks are the keys >= the K-th. Per slot (in the [ROWS, K]
+    """Launch 1 of 2 (or the only one: ONE_LAUNCH) without user indices or sm_first (K <= 8):
+    program p takes ROWS rows, Q threads per row. `row_topk` gives each row's K_PAD largest keys
+    (in registers, no per-key shuffles) and keeps its keys; the picks are the keys >= the K-th. Per slot (in the [ROWS, K]
     slot domain) it stores the expert and the softmax weight of its row's picks (float64, as
     `routing_torch`) and the rank within the program. The ranks: one matmul per RANK_BLOCK columns
     (a reload of the logits) on the tensor cores, (2 * strictly-lower + identity) @ picks =
     2 * (picks of that expert in earlier rows) + pick, so the pick flag and its rank come out
     together in the accumulator layout; they go to a byte array [T, E_PAD] at (row, expert), which
     the program reads back at its picks into the slot domain. The last row of the same product is
-    the program's counts row (stored as bytes)."""
+    the program's counts row (stored as bytes).
+
+    ONE_LAUNCH (a cooperative grid, `bar_ptr` its barrier counter): instead of leaving the slots to
+    `routing_place_kernel`, every program waits for all counts rows (`_grid_barrier`), takes the
+    totals and the prefix before its own row from them, stores its slots at their positions from
+    registers and shares the ExptData work, as the placement kernel does."""
     pid = tl.program_id(0)
     n_slots = n_tokens * K
-    _g, _s, _h, _r, _p, _m16, _m32, _m64, _m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
+    gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, tl.num_programs(0), E_PAD)
     # 16-byte aligned (the workspace is, and the host reserves the 3 int32 of padding), so the byte
     # stores below can be vectors
@@ -418,7 +462,8 @@ def routing_rows_kernel(
     earlier = (sel[:, None, :] < sel[:, :, None]) & (kk[None, None, :] < K)
     slot = rows[:, None] * K + tl.sum(earlier.to(tl.int32), axis=2)
     live = in_t[:, None] & (kk[None, :] < K)
-    tl.store(ws_ptr + expt_o + slot, tl.where(row_ok[:, None], sel, -1), mask=live)
+    if not ONE_LAUNCH:
+        tl.store(ws_ptr + expt_o + slot, tl.where(row_ok[:, None], sel, -1), mask=live)
     # ranks: [ROWS, RANK_BLOCK] blocks of 0/1 picks through one matmul each
     kth = tl.where(row_ok, best[K - 1], 2147483647 if PACK32 else 9223372036854775807)  # dead rows: none
     r = tl.arange(0, ROWS)
@@ -446,8 +491,21 @@ def routing_rows_kernel(
     # the weights (while those loads are in flight) here, not in the placement: a row's picks are in
     # its threads already, and the placement's chain of dependent steps is the shorter for it
     w = _softmax_picks(_key_value(bests, PACK32), row_ok[:, None] & (kk[None, :] < K))
-    tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
-    tl.store(ws_ptr + rank_o + slot, rank.to(tl.int32), mask=live)
+    if ONE_LAUNCH:
+        _grid_barrier(bar_ptr)
+        totals, before = _counts_prefix(counts8, tl.num_programs(0), pid, PART_ROWS, E_PAD)
+        scans = _expert_scans(totals, n_local, PACKED_SCANS)
+        routed = live & row_ok[:, None]
+        at = tl.reshape(tl.where(routed, sel, 0), [ROWS * K_PAD])
+        start = tl.reshape(tl.gather(scans[1] + before, at, 0), [ROWS, K_PAD])
+        pos = tl.where(routed, start + rank.to(tl.int32), slot)  # dead rows sit at their own slot
+        _store_placed(ws_ptr, pos, slot, routed & (sel < n_local), w, live, gate, scal)
+        _write_expt_data(totals, n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o, ws_ptr + pad_o, ws_ptr + m16,
+                         ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid, tl.num_programs(0), E_PAD, TILE_BLOCK,
+                         scans)
+    else:
+        tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
+        tl.store(ws_ptr + rank_o + slot, rank.to(tl.int32), mask=live)
     if USE_PDL:  # this program's results are stored: the placement may be launched (it waits for the grid)
         gdc_launch_dependents()
 
@@ -476,18 +534,12 @@ def routing_place_kernel(
         counts = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
     else:
         counts = ws_ptr + part_o
-    acc_all = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
-    acc_before = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
+    totals, before = _counts_prefix(counts, n_parts, p0, PART_ROWS, E_PAD)
     dead_before = n_parts * 0
-    for r0 in range(0, n_parts, PART_ROWS):
-        r = r0 + tl.arange(0, PART_ROWS)
-        tile = tl.load(counts + r[:, None] * E_PAD + cols[None, :], mask=r[:, None] < n_parts, other=0).to(tl.int32)
-        acc_all += tile
-        acc_before += tl.where(r[:, None] < p0, tile, 0)
-        if USER_INDX:
-            dead = tl.load(ws_ptr + dead_o + r, mask=(r < p0) & (r < n_parts), other=0)
-            dead_before += tl.sum(dead, axis=0)
-    totals, before = tl.reduce((acc_all, acc_before), 0, _add2)  # one pass for both
+    if USER_INDX:
+        for r0 in range(0, p0, PART_ROWS):
+            r = r0 + tl.arange(0, PART_ROWS)
+            dead_before += tl.sum(tl.load(ws_ptr + dead_o + r, mask=r < p0, other=0), axis=0)
     scans = _expert_scans(totals, n_local, PACKED_SCANS)
     base = scans[1] + before
     if USER_INDX:
