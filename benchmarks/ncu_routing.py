@@ -27,7 +27,12 @@ def main() -> int:
     parser.add_argument("--experts", type=int, default=128)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--calls", type=int, default=6)
+    parser.add_argument("--one-launch-max-warps", type=int, default=None,
+                        help="override routing_details.ONE_LAUNCH_MAX_WARPS (profile the one-launch path at large T)")
     args = parser.parse_args()
+    if args.one_launch_max_warps is not None:
+        from triton_kernels import routing_details
+        routing_details.ONE_LAUNCH_MAX_WARPS = args.one_launch_max_warps
     logits = torch.randn(args.tokens, args.experts, device="cuda").to(torch.bfloat16)
     for _ in range(args.calls):
         routing(logits, args.k)
