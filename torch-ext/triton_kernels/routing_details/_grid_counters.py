@@ -50,6 +50,8 @@ def barrier_counter(device: torch.device, stream: int, capturing: bool) -> torch
             return None
         pool = _POOLS[device.index] = _DevicePool(
             torch.zeros(POOL_COUNTERS * COUNTER_STRIDE, dtype=torch.int32, device=device))
+        if device.type == "cuda":  # zeroed on this stream; other streams take counters from it too
+            torch.cuda.synchronize(device)
     if capturing:
         return pool.take()
     counter = pool.by_stream.get(stream)

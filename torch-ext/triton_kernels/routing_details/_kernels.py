@@ -424,9 +424,9 @@ def routing_rows_kernel(
 ):
     """Launch 1 of 2 (or the only one: ONE_LAUNCH) without user indices or sm_first (K <= 8):
     program p takes ROWS rows, Q threads per row. `row_topk` gives each row's K_PAD largest keys
-    (in registers, no per-key shuffles) and keeps its keys; the picks are the keys >= the K-th. Per slot (in the [ROWS, K]
-    slot domain) it stores the expert and the softmax weight of its row's picks (float64, as
-    `routing_torch`) and the rank within the program. The ranks: one matmul per RANK_BLOCK columns
+    (in registers, no per-key shuffles) and keeps its keys; the picks are the keys >= the K-th.
+    Per slot (in the [ROWS, K] slot domain) it stores the expert and the softmax weight of its
+    row's picks (float64, as `routing_torch`) and the rank within the program. The ranks: one matmul per RANK_BLOCK columns
     (a reload of the logits) on the tensor cores, (2 * strictly-lower + identity) @ picks =
     2 * (picks of that expert in earlier rows) + pick, so the pick flag and its rank come out
     together in the accumulator layout; they go to a byte array [T, E_PAD] at (row, expert), which
