@@ -410,7 +410,7 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base
 @triton.jit
 def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                       W, stride_w_kg, stride_w_ki, stride_w_n, WS, stride_ws_kg, stride_ws_ki, stride_ws_n,
-                      offs_n_safe, mask_n, k_start, K, W_MX: tl.constexpr, W_KG: tl.constexpr,
+                      offs_n_safe, k_start, K, W_MX: tl.constexpr, W_KG: tl.constexpr,
                       WS_KG: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       DECODE: tl.constexpr = 0):
@@ -563,7 +563,7 @@ def _matmul_ogs_kernel(
             acc = _swapped_mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
                                     W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
                                     WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
-                                    offs_n_safe, mask_n, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
+                                    offs_n_safe, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
                                     BLOCK_M, BLOCK_N, BLOCK_K, DECODE)
         else:
             acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
