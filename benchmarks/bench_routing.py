@@ -177,9 +177,9 @@ def auto_plan(n_tokens, n_expts, k=TOPK, orig=None):
 
 def plan_summary(n_tokens, n_expts, k) -> dict:
     plan = auto_plan(n_tokens, n_expts, k)
-    return dict(fused=plan.fused, rows_q=plan.rows_q, one_launch=plan.one_launch, block_t=plan.block_t, n_iter=plan.n_iter, topk_programs=plan.n_parts,
-                num_warps=plan.num_warps, place_programs=0 if plan.fused else plan.n_place_programs,
-                place_warps=plan.place_warps, reg_softmax=plan.reg_softmax, workspace_int32=plan.total)
+    return dict(fused=plan.fused, rows_q=plan.rows_q, one_launch=plan.one_launch, block_t=plan.block_t,
+                n_iter=plan.n_iter, topk_programs=plan.n_parts, num_warps=plan.num_warps,
+                place_programs=0 if plan.fused else plan.n_place_programs, place_warps=plan.place_warps, reg_softmax=plan.reg_softmax, workspace_int32=plan.total)
 
 
 def sweep_rows_variants(tp: int) -> dict:

@@ -426,12 +426,12 @@ def routing_rows_kernel(
     program p takes ROWS rows, Q threads per row. `row_topk` gives each row's K_PAD largest keys
     (in registers, no per-key shuffles) and keeps its keys; the picks are the keys >= the K-th.
     Per slot (in the [ROWS, K] slot domain) it stores the expert and the softmax weight of its
-    row's picks (float64, as `routing_torch`) and the rank within the program. The ranks: one matmul per RANK_BLOCK columns
-    (a reload of the logits) on the tensor cores, (2 * strictly-lower + identity) @ picks =
-    2 * (picks of that expert in earlier rows) + pick, so the pick flag and its rank come out
-    together in the accumulator layout; they go to a byte array [T, E_PAD] at (row, expert), which
-    the program reads back at its picks into the slot domain. The last row of the same product is
-    the program's counts row (stored as bytes).
+    row's picks (float64, as `routing_torch`) and the rank within the program. The ranks: one
+    matmul per RANK_BLOCK columns (a reload of the logits) on the tensor cores,
+    (2 * strictly-lower + identity) @ picks = 2 * (picks of that expert in earlier rows) + pick, so
+    the pick flag and its rank come out together in the accumulator layout; they go to a byte
+    array [T, E_PAD] at (row, expert), which the program reads back at its picks into the slot
+    domain. The last row of the same product is the program's counts row (stored as bytes).
 
     ONE_LAUNCH (a cooperative grid, `bar_ptr` its barrier counter): instead of leaving the slots to
     `routing_place_kernel`, every program waits for all counts rows (`_grid_barrier`), takes the
