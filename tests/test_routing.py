@@ -312,7 +312,7 @@ ONE_LAUNCH_CASES = [dict(T=100, E=64, k=4), dict(T=45, E=128, k=4, n_rows=31, si
 
 
 @pytest.mark.parametrize("case", ONE_LAUNCH_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_routing_one_launch_single_program(case, device, poisoned_workspace, monkeypatch):
+def test_routing_one_launch_single_program(case, device, poisoned_workspace, monkeypatch, request):
     """The rows path's one-launch form (grid barrier, then each program places its own slots and
     shares ExptData) with one program: the interpreter runs programs one after the other, so
     several can only meet at a barrier on a GPU (the GPU tests below). The counter ends each
@@ -326,6 +326,7 @@ def test_routing_one_launch_single_program(case, device, poisoned_workspace, mon
     monkeypatch.setattr(routing_details, "ONE_LAUNCH_MAX_WARPS", 16)  # one program of up to 128 rows
     monkeypatch.setattr(routing_details, "barrier_counter", lambda *a: counter[:1])
     routing_details.make_routing_plan.cache_clear()  # plans made under the switches above stay here
+    request.addfinalizer(routing_details.make_routing_plan.cache_clear)  # ... and go with them, pass or fail
     logits = torch.randn(T, E, generator=torch.Generator().manual_seed(T * E)).to(dtype).to(device)
     if case.get("n_rows") == "tensor":
         case["n_rows"] = torch.tensor(T - 20, device=device)
@@ -335,7 +336,6 @@ def test_routing_one_launch_single_program(case, device, poisoned_workspace, mon
     for calls in (1, 2):
         assert_routing_equal(*run_both(logits, k, **case))
         assert counter.tolist() == [calls * GRID_BARRIER_STRIDE.value, 0, 0, 0]
-    routing_details.make_routing_plan.cache_clear()
 
 
 def test_routing_one_launch_falls_back_to_two_launches_without_a_counter(device, poisoned_workspace, monkeypatch):

@@ -162,15 +162,11 @@ def _rows_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, rows: int
     with the placement's counts-row and block_pid_map steps sized for their own warps."""
     e_pad = max(32, _next_pow2(n_expts))
     num_warps = max(1, min(16, rows * q // 32))
+    if one_launch:  # each program places its own rows with its own warps
+        parts_per_place, place_warps = 1, num_warps
     plan = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, parts_per_place, place_warps)
     sizes = _layout(n_tokens * k, n_expts // simulated_ep, plan.n_parts, e_pad, n_tokens * e_pad)
-    plan = dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q)
-    if not one_launch:
-        return plan
-    # the placement's counts-row and block_pid_map steps, sized for the rows kernel's own warps
-    steps = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, 1, num_warps)
-    return dataclasses.replace(plan, one_launch=True, parts_per_place=1, n_place_programs=plan.n_parts,
-                               part_rows=steps.part_rows, tile_block=steps.tile_block)
+    return dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q, one_launch=one_launch)
 
 
 ROWS_MAX = 128  # rows per program of the rows path (the [ROWS, ROWS] rank matmul operand)
