@@ -33,7 +33,8 @@ _NONE = {"act_arg2", "act_arg3"}
 
 
 def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90,
-                   split_k=1):
+                   split_k=1, chunk_m=0, tail_m=0):
+    """chunk_m, tail_m: MatmulConfig.tail's two launches (0, 0: tiles of one size), see the kernel."""
     fn = _kernels._matmul_ogs_kernel
     names = fn.arg_names
     constexprs = dict(
@@ -42,7 +43,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         HAS_BIAS=True, HAS_BETAS=False, HAS_GAMMAS=not gate_up, HAS_ALPHA=False, DOT_F32=False,
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
         DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
-        MAP_BLOCK_M=min(block_m, 128),
+        MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=False, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
     )
     if not gate_up:
         constexprs.update(act_arg0=None, act_arg1=None)
@@ -110,12 +111,15 @@ def main():
     ap.add_argument("--decode", default="bytes")
     ap.add_argument("--down", action="store_true", help="the down projection (no gather, no SwiGLU)")
     ap.add_argument("--cfg", default=None, help="block_m,block_n,block_k,num_warps,num_stages")
+    ap.add_argument("--chunk-tail", default=None,
+                    help="chunk_m,tail_m: compile one of MatmulConfig.tail's two launches (block_m is the chunk or the tail)")
     ap.add_argument("--dump", default=None)
     args = ap.parse_args()
     cfg = {"decode": (16, 64, 128, 4, 3), "mid": (64, 128, 128, 4, 3), "prefill": (128, 64, 128, 4, 3)}[args.mode]
     if args.cfg:
         cfg = tuple(int(v) for v in args.cfg.split(","))
-    k = compile_matmul(*cfg, decode=args.decode, gate_up=not args.down)
+    chunk_m, tail_m = (int(v) for v in args.chunk_tail.split(",")) if args.chunk_tail else (0, 0)
+    k = compile_matmul(*cfg, decode=args.decode, gate_up=not args.down, chunk_m=chunk_m, tail_m=tail_m)
     sass = k.asm["sass"]
     if args.dump:
         with open(args.dump, "w") as f:

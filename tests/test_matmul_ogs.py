@@ -580,6 +580,39 @@ def test_gpu_moe_layer_gpt_oss(n_expts, n_tokens, layout_name):
         assert rel_err(out, moe_float64(x, logits, k, w1d, b1, w2d, b2)) <= 1e-2
 
 
+_TAIL_256 = MatmulConfig(256, 128, 64, 8, 8, 3, True, tail=MatmulConfig(128, 128, 64, 8, 4, 4, True))
+_TAIL_128 = MatmulConfig(128, 128, 64, 8, 4, 4, True, tail=MatmulConfig(64, 128, 128, 8, 4, 3, True))
+_TAIL_32 = MatmulConfig(32, 64, 128, 4, 4, 3, True, tail=MatmulConfig(16, 64, 256, 1, 4, 3, True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n_expts,n_tokens,cfg", [(128, 4096, _TAIL_256), (32, 4096, _TAIL_256), (32, 512, _TAIL_128),
+                                                  (128, 512, _TAIL_32), (32, 7, _TAIL_32)])
+@pytest.mark.parametrize("layout_name", ["raw", "default"])
+def test_gpu_tiles_sized_per_expert_gpt_oss(n_expts, n_tokens, cfg, layout_name):
+    """MatmulConfig.tail (two launches, tiles sized per expert) compiled for the GPU at gpt-oss sizes:
+    gate_up (gathered, SwiGLU) and down (scattered, gammas) against the reference."""
+    from triton_kernels.routing import routing
+    device, hidden, inter, k = "cuda", 2880, 2880, 4
+    torch.manual_seed(n_tokens + n_expts)
+    x = torch.randn(n_tokens, hidden, device=device).bfloat16()
+    rd, gi, si = routing(torch.randn(n_tokens, n_expts, device=device), k)
+    c1, s1 = mx_weight(n_expts, hidden, 2 * inter, 1, device)
+    c2, s2 = mx_weight(n_expts, inter, hidden, 2, device)
+    w1, ws1 = as_weight(c1, s1, layout_name)
+    w2, ws2 = as_weight(c2, s2, layout_name)
+    b1 = torch.randn(n_expts, 2 * inter, device=device)
+    b2 = torch.randn(n_expts, hidden, device=device)
+    gate_up = dict(gather_indx=gi, precision_config=PrecisionConfig(weight_scale=ws1), fused_activation=SWIGLU)
+    down = dict(scatter_indx=si, precision_config=PrecisionConfig(weight_scale=ws2), gammas=rd.gate_scal)
+    h = torch.full((n_tokens * k, inter), float("nan"), device=device, dtype=torch.bfloat16)
+    matmul_ogs(x, w1, b1, rd, y=h, config=cfg, **gate_up)
+    assert not h.isnan().any(), "gate_up output not fully written"
+    assert rel_err(h, matmul_ogs_torch(x, w1, b1, rd, **gate_up)) <= 1e-2
+    out = matmul_ogs(h, w2, b2, rd, config=cfg, **down)
+    assert rel_err(out, matmul_ogs_torch(h, w2, b2, rd, **down)) <= 1e-2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("gather,scatter,epi,act,wdtype", COMBOS)
 def test_gpu_combinations_medium(gather, scatter, epi, act, wdtype):
@@ -755,6 +788,112 @@ def test_block_m_256_reads_the_128_tile_map(device, swap_xw):
     out = matmul_ogs(x, w, None, rd, y=y, config=cfg, **kwargs)
     assert not out.isnan().any(), "output not fully written"
     assert rel_err(out, matmul_ogs_torch(x, w, None, rd, **kwargs)) <= 1e-2
+
+
+def _rows_per_expert_logits(n_tokens, counts, seed):
+    """Top-2 router logits over len(counts) + 1 experts that give expert e exactly counts[e] rows:
+    tokens are dealt to experts by a fixed plan and the last expert takes every token's second slot."""
+    assert sum(counts) == n_tokens
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n_tokens, len(counts) + 1, generator=g)
+    logits[:, -1] += 20.0
+    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    logits[torch.arange(n_tokens), owner[torch.randperm(n_tokens, generator=g)]] += 40.0
+    return logits
+
+
+class _LaunchRecorder:
+    """Stands in for _matmul_ogs_kernel: each launch writes a fresh NaN copy of the output, so the
+    rows every launch wrote are known, then those rows are copied into the real output."""
+
+    def __init__(self, kernel):
+        self.kernel, self.written = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            y = args[0]
+            fresh = torch.full_like(y, float("nan"))
+            self.kernel[grid](fresh, *args[1:], **kwargs)
+            rows = ~fresh.isnan().all(dim=-1)
+            y[rows] = fresh[rows]
+            self.written.append((kwargs["BLOCK_M"], rows.nonzero()[:, 1].tolist()))
+        return launch
+
+
+@pytest.mark.parametrize("chunk,tail,counts", [
+    (32, 16, [0, 1, 16, 17, 32, 33, 48, 49, 81]),
+    (256, 128, [0, 40, 128, 129, 256, 257, 390]),
+])
+@pytest.mark.parametrize("swap_xw", [False, True])
+def test_tiles_sized_per_expert_cover_every_row_once(device, monkeypatch, chunk, tail, counts, swap_xw):
+    """MatmulConfig.tail: chunks of `chunk` rows per expert, the short last ones (<= tail rows) by a
+    second launch of tail-row tiles. Experts with 0 rows, 1 row, exactly tail, tail + 1, exactly a
+    chunk, a chunk + 1 and several chunks: the two launches write disjoint rows that together are
+    every routed row, each launch only the chunks it owns, and the result equals the reference."""
+    from triton_kernels import matmul_ogs as M
+    from triton_kernels.routing import routing_torch
+
+    n_tokens = sum(counts)
+    rd, gi, si = routing_torch(_rows_per_expert_logits(n_tokens, counts, 5).to(device), 2)
+    assert rd.expt_hist.tolist()[:-1] == counts
+    codes, scales = mx_weight(len(counts) + 1, 64, 32, 6, device)
+    w, s = as_weight(codes, scales, "default" if swap_xw else "raw")
+    x = torch.randn(n_tokens, 64, device=device).bfloat16()
+    tail_cfg = MatmulConfig(tail, 32, 64, 2, 4, 1, swap_xw=swap_xw)
+    cfg = MatmulConfig(chunk, 32, 64, 2, 4, 1, swap_xw=swap_xw, tail=tail_cfg)
+    kwargs = dict(gather_indx=gi, precision_config=PrecisionConfig(weight_scale=s), fused_activation=SWIGLU)
+    recorder = _LaunchRecorder(M._matmul_ogs_kernel)
+    monkeypatch.setattr(M, "_matmul_ogs_kernel", recorder)
+    y = torch.full((n_tokens * 2, 16), float("nan"), dtype=torch.bfloat16, device=device)
+    out = matmul_ogs(x, w, None, rd, y=y, config=cfg, **kwargs)
+    assert [bm for bm, _ in recorder.written] == [chunk, tail]
+    offs = [0] + torch.cumsum(rd.expt_hist.cpu(), 0).tolist()
+    want_big, want_tail = set(), set()
+    for e in range(len(counts) + 1):
+        for start in range(offs[e], offs[e + 1], chunk):
+            rows = range(start, min(start + chunk, offs[e + 1]))
+            (want_tail if len(rows) <= tail else want_big).update(rows)
+    assert want_tail and want_big
+    assert set(recorder.written[0][1]) == want_big
+    assert set(recorder.written[1][1]) == want_tail
+    assert not out.isnan().any(), "output not fully written"
+    assert rel_err(out, matmul_ogs_torch(x, w, None, rd, **kwargs)) <= 1e-2
+
+
+def test_tiles_sized_per_expert_scatter_and_plain(device):
+    """A tail config on the scattered down projection matches the reference; on an unrouted call the
+    tail does not apply (one launch of the main config)."""
+    from triton_kernels.routing import routing_torch
+
+    counts = [3, 20, 40, 17]
+    rd, gi, si = routing_torch(_rows_per_expert_logits(sum(counts), counts, 7).to(device), 2)
+    codes, scales = mx_weight(len(counts) + 1, 64, 32, 8, device)
+    h = torch.randn(sum(counts) * 2, 64, device=device).bfloat16()
+    cfg = MatmulConfig(32, 32, 64, 2, 4, 1, tail=MatmulConfig(16, 32, 64, 2, 4, 1))
+    kwargs = dict(scatter_indx=si, precision_config=PrecisionConfig(weight_scale=scales),
+                  gammas=rd.gate_scal, betas=torch.rand(sum(counts) * 2, device=device))
+    bias = torch.randn(len(counts) + 1, 32, device=device)
+    out = matmul_ogs(h, codes, bias, rd, config=cfg, **kwargs)
+    assert rel_err(out, matmul_ogs_torch(h, codes, bias, rd, **kwargs)) <= 1e-2
+    x = torch.randn(40, 64, device=device).bfloat16()
+    pc = PrecisionConfig(weight_scale=scales[0])
+    plain = matmul_ogs(x, codes[0], None, precision_config=pc, config=cfg)
+    assert rel_err(plain, matmul_ogs_torch(x, codes[0], None, precision_config=pc)) <= 1e-2
+
+
+def test_tail_config_is_checked():
+    tail = MatmulConfig(64, 64, 64, 1, 4, 1)
+    with pytest.raises(ValueError, match="`tail.block_m` must be smaller than `block_m`=64"):
+        MatmulConfig(64, 64, 64, 1, 4, 1, tail=tail)
+    with pytest.raises(ValueError, match="`tail` must not have a tail"):
+        MatmulConfig(256, 64, 64, 1, 4, 1, tail=MatmulConfig(128, 64, 64, 1, 4, 1, tail=tail))
+    with pytest.raises(ValueError, match="takes no K split"):
+        MatmulConfig(128, 64, 64, 1, 4, 1, split_k=2, tail=tail)
+    with pytest.raises(ValueError, match="takes no K split"):
+        MatmulConfig(128, 64, 64, 1, 4, 1, tail=dataclasses.replace(tail, split_k=2))
+    with pytest.raises(TypeError, match="`tail` must be a MatmulConfig or None, got dict"):
+        MatmulConfig(128, 64, 64, 1, 4, 1, tail={"block_m": 64})
+    assert MatmulConfig(128, 64, 64, 1, 4, 1, tail=tail).tail is tail
 
 
 _SASS_SCRIPT = r"""

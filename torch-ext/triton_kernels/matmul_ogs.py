@@ -439,7 +439,8 @@ def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
     (the same result; a config is a speed choice)."""
     if p.ws is None or not p.w.addressing.nibble_quads:
         return cfg
-    return dataclasses.replace(cfg, swap_xw=True, block_k=max(64, cfg.block_k))
+    tail = _fit_config(cfg.tail, p) if cfg.tail is not None else None
+    return dataclasses.replace(cfg, swap_xw=True, block_k=max(64, cfg.block_k), tail=tail)
 
 
 def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
@@ -450,15 +451,11 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     cfg = config or choose_config(routed_rows_per_group, p.n, p.k, p.ws is not None, p.reduction_n,
                                   nibble_quads=p.w.addressing.nibble_quads)
     cfg = _fit_config(cfg, p)
-    if cfg.block_n % (2 * p.reduction_n):
-        raise ValueError(f"matmul_ogs: block_n={cfg.block_n} must be a multiple of 2*reduction_n")
-
-    if p.scatter is not None:
-        inter = torch.empty((p.rows, p.n_out), dtype=torch.float32 if p.out_dtype == torch.float32 else p.out_dtype,
-                            device=x.device)
-        out = inter
-    else:
-        out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
+    # tiles sized per expert: a second launch takes the experts' short last chunks (routed calls)
+    parts = [cfg] if cfg.tail is None or not p.routed else [cfg, cfg.tail]
+    for part in parts:
+        if part.block_n % (2 * p.reduction_n):
+            raise ValueError(f"matmul_ogs: block_n={part.block_n} must be a multiple of 2*reduction_n")
 
     if p.routed:
         expt_data = _expt_data(routing_data, p.rows)
@@ -466,25 +463,39 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         token_offs = expt_data.token_offs_raw
         n_tiles_m = block_pid_map.shape[0]
     else:
-        block_pid_map = token_offs = out
+        block_pid_map = token_offs = None
         n_tiles_m = triton.cdiv(p.rows, cfg.block_m)
-
-    out3 = out if out.dim() == 3 else out.unsqueeze(0)
-    x3 = x if x.dim() == 3 else x.unsqueeze(0)
-    wa, sa = p.w.addressing, (p.ws.addressing if p.ws is not None else None)
-    if bias is not None:
-        stride_bias_e = bias.stride(0) if bias.dim() == 2 and bias.shape[0] > 1 else 0
     n_tiles_n = triton.cdiv(p.n, cfg.block_n)
-    args = list(p.act_args) + [None] * (_MAX_FN_ARGS - len(p.act_args))
-    if not (n_tiles_m and n_tiles_n and p.batch):
+    if not (n_tiles_m and n_tiles_n and p.batch) or len(parts) > 1:
         split_k = 1
     elif config is None:
         split_k = split_k_for(n_tiles_m * n_tiles_n * p.batch, p.k, cfg.block_k, target_info.num_sms())
     else:
         split_k = cfg.split_k
-    partial = out3
+    partial = None
     if split_k > 1:
         partial = torch.empty((split_k, p.batch, p.rows, p.n), dtype=torch.float32, device=x.device)
+    # split partials of a linear epilogue under a scatter are added by the top-k reduce itself
+    linear_splits = split_k > 1 and p.scatter is not None and p.act_fn is identity_fn and not p.act_args
+
+    if linear_splits:
+        out = partial[0]  # the kernel writes only the partials: no output rows to allocate
+    elif p.scatter is not None:
+        out = torch.empty((p.rows, p.n_out), dtype=torch.float32 if p.out_dtype == torch.float32 else p.out_dtype,
+                          device=x.device)
+    else:
+        out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
+    if not p.routed:
+        block_pid_map = token_offs = out
+
+    out3 = out if out.dim() == 3 else out.unsqueeze(0)
+    x3 = x if x.dim() == 3 else x.unsqueeze(0)
+    if partial is None:
+        partial = out3
+    wa, sa = p.w.addressing, (p.ws.addressing if p.ws is not None else None)
+    if bias is not None:
+        stride_bias_e = bias.stride(0) if bias.dim() == 2 and bias.shape[0] > 1 else 0
+    args = list(p.act_args) + [None] * (_MAX_FN_ARGS - len(p.act_args))
     launch_args = (
         out3, out3.stride(0), out3.stride(1), out3.stride(2),
         x3, x3.stride(0) if p.batch > 1 else 0, x3.stride(1), x3.stride(2),
@@ -508,34 +519,30 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         HAS_BIAS=bias is not None, HAS_BETAS=betas is not None, HAS_GAMMAS=gammas is not None,
         HAS_ALPHA=out_alpha is not None,
         DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        SWAP_XW=bool(cfg.swap_xw), DECODE=_decoder(cfg, p), SPLIT_K=split_k, PDL=pdl,
-        MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
+        SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
+        CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
     )
-    # split partials of a linear epilogue under a scatter are added by the top-k reduce itself
-    linear_splits = split_k > 1 and p.scatter is not None and p.act_fn is identity_fn and not p.act_args
-    grid = (n_tiles_m * n_tiles_n, p.batch)
-    if n_tiles_m and n_tiles_n and p.batch:
+    for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
+        tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
+                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p))
+        grid = (n_tiles_m * triton.cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
-            _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, FINISH_SPLIT=False,
+            _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, **tile, FINISH_SPLIT=False,
                                                   LINEAR_SPLITS=linear_splits, launch_pdl=pdl,
-                                                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                                                  num_warps=part.num_warps, num_stages=part.num_stages)
             if not linear_splits:
-                _matmul_ogs_kernel[grid](*launch_args, **constexprs, FINISH_SPLIT=True, launch_pdl=pdl,
+                _matmul_ogs_kernel[grid](*launch_args, **constexprs, **tile, FINISH_SPLIT=True, launch_pdl=pdl,
                                          num_warps=4, num_stages=1)
         else:
-            _matmul_ogs_kernel[grid](*launch_args, **constexprs, launch_pdl=pdl,
-                                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            _matmul_ogs_kernel[grid](*launch_args, **constexprs, **tile, launch_pdl=pdl,
+                                     num_warps=part.num_warps, num_stages=part.num_stages)
     if p.scatter is None:
         return out
     y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
     if p.n_tokens and p.n_out:
         block_t, block_n = (16, 64) if target_info.get_target().interpreter else (8, 512)
         grid = (triton.cdiv(p.n_tokens, block_t), triton.cdiv(p.n_out, block_n))
-        if linear_splits:
-            inter = partial[:, 0]  # [split_k, rows, N] fp32
-        else:
-            inter = inter.unsqueeze(0)
+        inter = partial[:, 0] if linear_splits else out.unsqueeze(0)  # [splits, rows, N]
         _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1), inter.stride(2),
                                   p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
                                   INTERPRETED=target_info.get_target().interpreter,

@@ -487,7 +487,7 @@ def _matmul_ogs_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, CHUNK_M: tl.constexpr = 0, TAIL_M: tl.constexpr = 0,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
@@ -496,7 +496,12 @@ def _matmul_ogs_kernel(
     itself and the top-k reduce adds the partials instead (no finishing launch).
     PDL (programmatic dependent launch, sm_90): the program may start while the previous kernel of
     the stream is finishing; it waits for that kernel before touching memory, and lets the next
-    kernel start once its own main loop is done."""
+    kernel start once its own main loop is done.
+    CHUNK_M > 0 (routed, tiles sized per expert): each expert's rows are cut into chunks of CHUNK_M
+    rows and two launches share them: the one with BLOCK_M == CHUNK_M takes the chunks holding more
+    than TAIL_M rows, the one with BLOCK_M == TAIL_M the chunks holding at most TAIL_M rows (an
+    expert's last chunk only), so a short tail does not pay for a tall tile's MMA nor a nearly
+    full chunk for two tiles' weight decodes."""
     if PDL:
         gdc_wait()
     n_tiles_n = tl.cdiv(N, BLOCK_N)
@@ -509,15 +514,24 @@ def _matmul_ogs_kernel(
             return
         expt = packed & 0xFFFF
         block = packed >> 16
-        if BLOCK_M > MAP_BLOCK_M:
-            # routing tabulates tiles of MAP_BLOCK_M rows; a BLOCK_M tile is RATIO of them, so only
-            # the program holding the first of each run works (the others leave at once)
-            RATIO: tl.constexpr = BLOCK_M // MAP_BLOCK_M
+        # routing tabulates tiles of MAP_BLOCK_M rows; a taller tile (or chunk) is RATIO of them, so
+        # only the program holding the first of each run works (the others leave at once)
+        RATIO = (CHUNK_M if CHUNK_M > 0 else BLOCK_M) // MAP_BLOCK_M  # a constexpr
+        if RATIO > 1:
             if block % RATIO != 0:
                 return
             block = block // RATIO
         row_start = tl.load(TokenOffs + expt)
         row_end = tl.load(TokenOffs + expt + 1)
+        if CHUNK_M > 0:
+            row_start += block * CHUNK_M
+            block = 0
+            if BLOCK_M == TAIL_M:
+                if row_end - row_start > TAIL_M:
+                    return
+            else:
+                if row_end - row_start <= TAIL_M:
+                    return
         offs_m = row_start + block * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < row_end
         expt = expt.to(tl.int64)

@@ -34,6 +34,11 @@ class MatmulConfig:
     # for a linear epilogue under a scatter, by the top-k reduce).
     # choose_config leaves 1; the launch picks a split for automatic configs (split_k_for).
     split_k: int = 1
+    # Tiles sized per expert (routed calls; ignored otherwise): each expert's rows are cut into
+    # chunks of block_m rows, and a chunk holding at most tail.block_m rows (an expert's last one)
+    # is computed by a second launch with this config instead of a block_m-row tile. Expected to
+    # pay where experts hold a little more than a tile's rows (NOTES_matmul_perf.md section 11).
+    tail: MatmulConfig | None = None
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "group_m"):
@@ -46,6 +51,16 @@ class MatmulConfig:
             raise ValueError(f"MatmulConfig: `decode` must be one of {DECODERS}, got {self.decode!r}")
         if self.block_k < 32:
             raise ValueError(f"MatmulConfig: `block_k` must be at least 32 (one MX block), got {self.block_k}")
+        if self.tail is not None:
+            if not isinstance(self.tail, MatmulConfig):
+                raise TypeError(f"MatmulConfig: `tail` must be a MatmulConfig or None, got {type(self.tail).__name__}")
+            if self.tail.tail is not None:
+                raise ValueError("MatmulConfig: `tail` must not have a tail of its own")
+            if self.tail.block_m >= self.block_m:
+                raise ValueError(f"MatmulConfig: `tail.block_m` must be smaller than `block_m`={self.block_m}, "
+                                 f"got {self.tail.block_m}")
+            if self.split_k != 1 or self.tail.split_k != 1:
+                raise ValueError("MatmulConfig: a config with a `tail` takes no K split (`split_k` 1 in both)")
 
 
 def _block_m_for(rows_per_group: float) -> int:
