@@ -1,6 +1,6 @@
 """Focused launch-config / main-loop sweep of matmul_ogs on the gpt-oss MoE shapes (one GPU run).
 
-    python benchmarks/sweep_matmul.py --out sweep.json [--budget-s 300] [--shapes 32x1,32x4096]
+    python benchmarks/sweep_matmul.py --out sweep.json [--budget-s 300] [--shapes 32x1,32x4096] [--candidates fill]
 
 For each shape (E experts, T tokens, top-4, default weight layouts) and each matmul (gate_up:
 gathered + SwiGLU; down: scattered + gammas) it runs every candidate MatmulConfig once on a
@@ -58,12 +58,28 @@ MID = [C(64, 64, 128, 8, 4, 3, True), C(64, 128, 128, 8, 4, 3, True), C(64, 128,
        C(64, 64, 256, 8, 4, 3, True)]
 
 
-def candidates(rows_per_expt):
+# Tile heights against how full the row tiles are (NOTES_matmul_perf.md section 11): a tile decodes
+# its whole weight slab whatever its row count, so one taller tile per expert, or tiles sized per
+# expert (MatmulConfig.tail: chunks of block_m rows, short last chunks by a second launch), may beat
+# the height that the mean rows per expert picks.
+FILL_DECODE = [C(32, 64, 128, 4, 4, 3, True), C(32, 64, 256, 1, 4, 3, True),
+               C(32, 64, 128, 4, 4, 3, True, tail=C(16, 64, 256, 1, 4, 3, True))]
+FILL_MID = [C(128, 128, 64, 8, 4, 4, True), C(128, 128, 128, 8, 8, 3, True),
+            C(128, 128, 64, 8, 4, 4, True, tail=C(64, 128, 128, 8, 4, 3, True)),
+            C(128, 128, 64, 8, 4, 4, True, tail=C(64, 256, 64, 8, 8, 3, True))]
+FILL_PREFILL = [C(256, 128, 64, 8, 8, 3, True, tail=C(128, 128, 64, 8, 4, 4, True)),
+                C(256, 128, 64, 8, 8, 3, True, tail=C(64, 128, 128, 8, 4, 3, True)),
+                C(128, 128, 64, 8, 4, 4, True, tail=C(64, 128, 128, 8, 4, 3, True))]
+
+
+def candidates(rows_per_expt, which="all"):
     if rows_per_expt <= 16:
-        return DECODE
-    if rows_per_expt <= 64:
-        return MID
-    return PREFILL
+        regime, fill = DECODE, FILL_DECODE
+    elif rows_per_expt <= 64:
+        regime, fill = MID, FILL_MID
+    else:
+        regime, fill = PREFILL, FILL_PREFILL
+    return fill if which == "fill" else regime + fill
 
 
 def _caches():
@@ -114,6 +130,8 @@ def main():
     ap.add_argument("--cold-sets", type=int, default=8,
                     help="for T <= 8, time R calls in one graph, each routed to other experts (weights read "
                          "from DRAM as in a model of many layers, not from L2); 0: one repeated call")
+    ap.add_argument("--candidates", choices=["all", "fill"], default="all",
+                    help="fill: only the default config and the tile-height / tiles-per-expert candidates")
     args = ap.parse_args()
     t_start = time.time()
     buf = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -151,7 +169,7 @@ def main():
             floor = max(n_hit * weight_bytes(k, n) / bw, 2 * rows * k * n / rate)
             dflt = choose_config(rpe, n, k, True, 2 if name == "gate_up" else 1, nibble_quads=True)
             results = []
-            for cfg in [dflt] + candidates(rpe):
+            for cfg in [dflt] + candidates(rpe, args.candidates):
                 if time.time() - t_start > args.budget_s:
                     break
                 if name == "gate_up":
