@@ -366,12 +366,22 @@ def _load_k_tail(ptrs, offs_k, k_bound, MASK_K: tl.constexpr):
 
 
 @triton.jit
-def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base, stride_w_kg, stride_w_ki,
-                  stride_ws_kg, stride_ws_ki, K, MASK_K: tl.constexpr, W_MX: tl.constexpr, W_KG: tl.constexpr,
-                  WS_KG: tl.constexpr, DECODE: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
+def _step_scales(s_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG: tl.constexpr, INDEX_64: tl.constexpr,
+                 BLOCK_K: tl.constexpr, MASK_K: tl.constexpr):
+    """The [BLOCK_N, BLOCK_K/32] E8M0 scales of the K step at k0 (MASK_K: 0 at or past K)."""
+    offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
+    return _load_k_tail(s_base + s_off[None, :], offs_ks, K // 32, MASK_K)
+
+
+@triton.jit
+def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg, stride_w_ki,
+                  K, MASK_K: tl.constexpr, W_MX: tl.constexpr, W_KG: tl.constexpr,
+                  DECODE: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One BLOCK_K step of `_swapped_mainloop`. Weight loads need no N mask (the column offsets are
-    clamped in range and the extra columns are never stored); K is masked only in the tail step."""
+    """One BLOCK_K step of `_swapped_mainloop` (`s`: its scales, from `_step_scales`). Weight loads
+    need no N mask (the column offsets are clamped in range and the extra columns are never
+    stored); K is masked only in the tail step."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     x_mask = mask_x[None, :]
     if MASK_K:
@@ -379,9 +389,6 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base
     xt = tl.load(xt_base + offs_k[:, None] * stride_x_k, mask=x_mask, other=0.0)
     dot_dtype = tl.float32 if DOT_F32 else xt.dtype
     if W_MX:
-        offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-        s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
-        s = _load_k_tail(s_base + s_off[None, :], offs_ks, K // 32, MASK_K)
         if DECODE >= DECODE_QUADS:
             offs_kw = k0 // 4 + tl.arange(0, BLOCK_K // 4)
             # the storage is padded to whole 64-value blocks: the tail step reads blocks starting below K
@@ -436,14 +443,26 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     s_base = WS + offs_n_safe[:, None] * stride_ws_n
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     k_full = k_start + ((K - k_start) // BLOCK_K) * BLOCK_K
+    # The scales (1-2 bytes per row and step) are too narrow for the pipeliner's async copies: each
+    # step loads the next step's into registers, so their global latency hides behind one step
+    # (ncu: the first use of an in-step scale load held 23 % of the stall samples at prefill).
+    # The last full step prefetches itself again (no mask in the loop); a K tail loads its own.
+    s = 0
+    if W_MX:
+        s = _step_scales(s_base, k_start, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
     for k0 in range(k_start, k_full, BLOCK_K):
-        acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base, stride_w_kg,
-                            stride_w_ki, stride_ws_kg, stride_ws_ki, K, False, W_MX, W_KG, WS_KG, DECODE,
-                            DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
+        if W_MX:
+            k_next = tl.minimum(k0 + BLOCK_K, k_full - BLOCK_K)
+            s_next = _step_scales(s_base, k_next, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, False)
+        acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg,
+                            stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
+        if W_MX:
+            s = s_next
     if k_full < K:
-        acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s_base, stride_w_kg,
-                            stride_w_ki, stride_ws_kg, stride_ws_ki, K, True, W_MX, W_KG, WS_KG, DECODE,
-                            DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
+        if W_MX:
+            s = _step_scales(s_base, k_full, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
+        acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg,
+                            stride_w_ki, K, True, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     return tl.trans(acc)
 
 
