@@ -420,7 +420,7 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                       offs_n_safe, k_start, K, W_MX: tl.constexpr, W_KG: tl.constexpr,
                       WS_KG: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      DECODE: tl.constexpr = 0):
+                      DECODE: tl.constexpr = 0, PREFETCH_S: tl.constexpr = True):
     """acc [BLOCK_M, BLOCK_N] over k in [k_start, K), computed transposed:
     acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
 
@@ -443,25 +443,35 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     s_base = WS + offs_n_safe[:, None] * stride_ws_n
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     k_full = k_start + ((K - k_start) // BLOCK_K) * BLOCK_K
-    # The scales (1-2 bytes per row and step) are too narrow for the pipeliner's async copies: each
-    # step loads the next step's into registers, so their global latency hides behind one step
-    # (ncu: the first use of an in-step scale load held 23 % of the stall samples at prefill).
-    # The last full step prefetches itself again (no mask in the loop); a K tail loads its own.
+    # PREFETCH_S: the scales (1-2 bytes per row and step) are too narrow for the pipeliner's async
+    # copies, so each step loads the next step's into registers and their global latency hides
+    # behind one step (ncu: the first use of an in-step scale load held 23 % of the stall samples
+    # at prefill). The last full step prefetches itself again (no mask in the loop); a K tail
+    # loads its own. Off: each step loads its own (the host's choice, see _launch).
     s = 0
-    if W_MX:
+    if W_MX and PREFETCH_S:
         s = _step_scales(s_base, k_start, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
     for k0 in range(k_start, k_full, BLOCK_K):
-        if W_MX:
-            k_next = tl.minimum(k0 + BLOCK_K, k_full - BLOCK_K)
-            s_next = _step_scales(s_base, k_next, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, False)
-        acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg,
-                            stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
-        if W_MX:
-            s = s_next
+        if PREFETCH_S:
+            if W_MX:
+                k_next = tl.minimum(k0 + BLOCK_K, k_full - BLOCK_K)
+                s_next = _step_scales(s_base, k_next, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K,
+                                      False)
+            acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg,
+                                stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
+            if W_MX:
+                s = s_next
+        else:
+            s_step = 0
+            if W_MX:
+                s_step = _step_scales(s_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, False)
+            acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_step, stride_w_kg,
+                                stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     if k_full < K:
+        s_tail = 0
         if W_MX:
-            s = _step_scales(s_base, k_full, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
-        acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg,
+            s_tail = _step_scales(s_base, k_full, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
+        acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s_tail, stride_w_kg,
                             stride_w_ki, K, True, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     return tl.trans(acc)
 
@@ -507,6 +517,7 @@ def _matmul_ogs_kernel(
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
     PDL: tl.constexpr = False, CHUNK_M: tl.constexpr = 0, TAIL_M: tl.constexpr = 0,
+    PREFETCH_S: tl.constexpr = True,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
@@ -597,7 +608,7 @@ def _matmul_ogs_kernel(
                                     W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
                                     WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
                                     offs_n_safe, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
-                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE)
+                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE, PREFETCH_S)
         else:
             acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
                             W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
