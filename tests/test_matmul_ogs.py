@@ -614,6 +614,28 @@ def test_gpu_tiles_sized_per_expert_gpt_oss(n_expts, n_tokens, cfg, layout_name)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [MatmulConfig(128, 256, 64, 8, 8, s, True, d) for s in (2, 3, 4) for d in ("ptx", "words")]
+                         + [MatmulConfig(128, 256, 64, 8, 4, 3, True, "ptx"), MatmulConfig(64, 256, 64, 8, 8, 3, True)])
+def test_gpu_wide_tiles_over_two_warp_groups(cfg):
+    """Configs of 256 columns (8 warps: two warp groups along N). With the MX scales loaded one step
+    ahead, 128 x 256 x 64 / 8 warps at 3-4 stages gave NaN in the second warp group's columns
+    (E = 128, T = 4096, down, raw layout); such configs load the scales in the step."""
+    from triton_kernels.routing import routing
+    n_expts, n_tokens, k, hidden = 128, 4096, 4, 2880
+    torch.manual_seed(0)
+    rd, gi, si = routing(torch.randn(n_tokens, n_expts, device="cuda"), k)
+    codes, scales = mx_weight(n_expts, hidden, hidden, 2, "cuda")
+    for layout_name in ("raw", "default"):
+        w, s = as_weight(codes, scales, layout_name)
+        h = torch.randn(n_tokens * k, hidden, device="cuda").bfloat16()
+        kwargs = dict(scatter_indx=si, precision_config=PrecisionConfig(weight_scale=s), gammas=rd.gate_scal)
+        bias = torch.randn(n_expts, hidden, device="cuda")
+        out = matmul_ogs(h, w, bias, rd, config=cfg, **kwargs)
+        assert not out.isnan().any(), layout_name
+        assert rel_err(out, matmul_ogs_torch(h, w, bias, rd, **kwargs)) <= 1e-2, layout_name
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("gather,scatter,epi,act,wdtype", COMBOS)
 def test_gpu_combinations_medium(gather, scatter, epi, act, wdtype):
     out, ref, _ = run_routed("cuda", gather, scatter, epi, act, wdtype, "raw", n_tokens=300, n_expts=32, k=4,
