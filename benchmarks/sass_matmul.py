@@ -113,7 +113,8 @@ def main():
     ap.add_argument("--down", action="store_true", help="the down projection (no gather, no SwiGLU)")
     ap.add_argument("--cfg", default=None, help="block_m,block_n,block_k,num_warps,num_stages")
     ap.add_argument("--chunk-tail", default=None,
-                    help="chunk_m,tail_m: compile one of MatmulConfig.tail's two launches (block_m is the chunk or the tail)")
+                    help="chunk_m,tail_m: compile one of MatmulConfig.tail's two launches "
+                         "(block_m is the chunk or the tail)")
     ap.add_argument("--dump", default=None)
     args = ap.parse_args()
     cfg = {"decode": (16, 64, 128, 4, 3), "mid": (64, 128, 128, 4, 3), "prefill": (128, 64, 128, 4, 3)}[args.mode]

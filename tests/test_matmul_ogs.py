@@ -903,6 +903,22 @@ def test_tiles_sized_per_expert_scatter_and_plain(device):
     assert rel_err(plain, matmul_ogs_torch(x, codes[0], None, precision_config=pc)) <= 1e-2
 
 
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_scales_prefetched_or_loaded_in_step_agree(device, split_k):
+    """The swapped main loop loads the MX scales one K step ahead, except for configs of 256 columns
+    on 8 warps (`_prefetch_scales`), which load them in the step: both, with a K tail (224 = 3 x 64 + 32)
+    and K splits, equal the reference."""
+    from triton_kernels import matmul_ogs as M
+
+    ahead = MatmulConfig(16, 64, 64, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
+    in_step = MatmulConfig(16, 256, 64, 1, 8, 1, swap_xw=True, decode="words", split_k=split_k)
+    assert M._prefetch_scales(ahead) and not M._prefetch_scales(in_step)
+    for cfg in (ahead, in_step):
+        out, ref, _ = run_routed(device, True, True, True, False, "mxfp4", "raw", kdim=224, n=64, config=cfg)
+        assert not out.isnan().any()
+        assert rel_err(out, ref) <= 1e-2
+
+
 def test_tail_config_is_checked():
     tail = MatmulConfig(64, 64, 64, 1, 4, 1)
     with pytest.raises(ValueError, match="`tail.block_m` must be smaller than `block_m`=64"):
