@@ -36,8 +36,9 @@ class MatmulConfig:
     split_k: int = 1
     # Tiles sized per expert (routed calls; ignored otherwise): each expert's rows are cut into
     # chunks of block_m rows, and a chunk holding at most tail.block_m rows (an expert's last one)
-    # is computed by a second launch with this config instead of a block_m-row tile. Expected to
-    # pay where experts hold a little more than a tile's rows (NOTES_matmul_perf.md section 11).
+    # is computed by a second launch with this config instead of a block_m-row tile. An opt-in
+    # that choose_config never picks: on the H100 it paid only at E = 128, T = 512 (32 + 16 rows,
+    # -10 %) and lost at most other shapes (NOTES_matmul_perf.md section 12).
     tail: MatmulConfig | None = None
 
     def __post_init__(self):
