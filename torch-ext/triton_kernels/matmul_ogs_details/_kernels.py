@@ -452,21 +452,15 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     if W_MX and PREFETCH_S:
         s = _step_scales(s_base, k_start, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
     for k0 in range(k_start, k_full, BLOCK_K):
-        if PREFETCH_S:
-            if W_MX:
+        s_step = s
+        if W_MX:
+            if PREFETCH_S:
                 k_next = tl.minimum(k0 + BLOCK_K, k_full - BLOCK_K)
-                s_next = _step_scales(s_base, k_next, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K,
-                                      False)
-            acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg,
-                                stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
-            if W_MX:
-                s = s_next
-        else:
-            s_step = 0
-            if W_MX:
+                s = _step_scales(s_base, k_next, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, False)
+            else:
                 s_step = _step_scales(s_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, False)
-            acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_step, stride_w_kg,
-                                stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
+        acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_step, stride_w_kg,
+                            stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     if k_full < K:
         s_tail = 0
         if W_MX:
