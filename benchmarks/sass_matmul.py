@@ -24,6 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
+from triton_kernels.matmul_ogs_details.configs import MatmulConfig, prefetch_scales  # noqa: E402
 from triton_kernels.swiglu import swiglu_fn  # noqa: E402
 
 _POINTERS = {"Y": "*bf16", "X": "*bf16", "W": "*u8", "WS": "*u8", "Bias": "*fp32", "Betas": "*fp32",
@@ -44,7 +45,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
         DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
         MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=False, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
-        PREFETCH_S=not (block_n >= 256 and num_warps >= 8),
+        PREFETCH_S=prefetch_scales(MatmulConfig(block_m, block_n, block_k, 1, num_warps, num_stages)),
     )
     if not gate_up:
         constexprs.update(act_arg0=None, act_arg1=None)

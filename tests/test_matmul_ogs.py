@@ -906,13 +906,13 @@ def test_tiles_sized_per_expert_scatter_and_plain(device):
 @pytest.mark.parametrize("split_k", [1, 2])
 def test_scales_prefetched_or_loaded_in_step_agree(device, split_k):
     """The swapped main loop loads the MX scales one K step ahead, except for configs of 256 columns
-    on 8 warps (`_prefetch_scales`), which load them in the step: both, with a K tail (224 = 3 x 64 + 32)
+    on 8 warps (`prefetch_scales`), which load them in the step: both, with a K tail (224 = 3 x 64 + 32)
     and K splits, equal the reference."""
-    from triton_kernels import matmul_ogs as M
+    from triton_kernels.matmul_ogs_details.configs import prefetch_scales
 
     ahead = MatmulConfig(16, 64, 64, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
     in_step = MatmulConfig(16, 256, 64, 1, 8, 1, swap_xw=True, decode="words", split_k=split_k)
-    assert M._prefetch_scales(ahead) and not M._prefetch_scales(in_step)
+    assert prefetch_scales(ahead) and not prefetch_scales(in_step)
     for cfg in (ahead, in_step):
         out, ref, _ = run_routed(device, True, True, True, False, "mxfp4", "raw", kdim=224, n=64, config=cfg)
         assert not out.isnan().any()

@@ -62,7 +62,8 @@ import triton
 from . import target_info
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
-from .matmul_ogs_details.configs import DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, split_k_for
+from .matmul_ogs_details.configs import (DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, prefetch_scales,
+                                         split_k_for)
 from .numerics import InFlexData, OutFlexData
 from .swiglu import swiglu_fn, swiglu_fn_torch
 
@@ -443,14 +444,6 @@ def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
     return dataclasses.replace(cfg, swap_xw=True, block_k=max(64, cfg.block_k), tail=tail)
 
 
-def _prefetch_scales(cfg: MatmulConfig) -> bool:
-    """Whether the swapped main loop loads each K step's MX scales one step ahead. Not with 8 warps
-    over 256 columns: there the compiled loop (Triton 3.6, sm_90) gave NaN in the second warp
-    group's columns at stages >= 3 (found at E=128 T=4096 down, raw layout, 128 x 256 x 64; 4 warps
-    or 128 columns or 2 stages were right; cause not found), so those configs load in the step."""
-    return not (cfg.block_n >= 256 and cfg.num_warps >= 8)
-
-
 def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
     x = p.x
     routed_rows_per_group = p.rows / max(1, p.w.n_experts or 1) if p.routed else p.rows
@@ -532,7 +525,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     )
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
         tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
-                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), PREFETCH_S=_prefetch_scales(part))
+                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), PREFETCH_S=prefetch_scales(part))
         grid = (n_tiles_m * triton.cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, **tile, FINISH_SPLIT=False,

@@ -145,3 +145,11 @@ def split_k_for(n_tiles: int, k: int, block_k: int, num_sms: int) -> int:
     while n_tiles * split < 2 * num_sms and steps // (2 * split) >= 4 and split < 8:
         split *= 2
     return split
+
+
+def prefetch_scales(cfg: MatmulConfig) -> bool:
+    """Whether the swapped main loop loads each K step's MX scales one step ahead. Not with 8 warps
+    over 256 columns: there the compiled loop (Triton 3.6, sm_90) gave NaN in the second warp
+    group's columns at stages >= 3 (found at E=128 T=4096 down, raw layout, 128 x 256 x 64; 4 warps
+    or 128 columns or 2 stages were right; cause not found), so those configs load in the step."""
+    return not (cfg.block_n >= 256 and cfg.num_warps >= 8)
