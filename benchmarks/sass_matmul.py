@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
-from triton_kernels.matmul_ogs_details.configs import MatmulConfig, prefetch_scales  # noqa: E402
+from triton_kernels.matmul_ogs_details.configs import MatmulConfig, prefetch_scales, scale_words  # noqa: E402
 from triton_kernels.swiglu import swiglu_fn  # noqa: E402
 
 _POINTERS = {"Y": "*bf16", "X": "*bf16", "W": "*u8", "WS": "*u8", "Bias": "*fp32", "Betas": "*fp32",
@@ -34,10 +34,14 @@ _NONE = {"act_arg2", "act_arg3"}
 
 
 def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90,
-                   split_k=1, chunk_m=0, tail_m=0):
-    """chunk_m, tail_m: MatmulConfig.tail's two launches (0, 0: tiles of one size), see the kernel."""
+                   split_k=1, chunk_m=0, tail_m=0, s_words=True):
+    """chunk_m, tail_m: MatmulConfig.tail's two launches (0, 0: tiles of one size), see the kernel;
+    s_words: the scales read as whole words of the default (K-grouped) scale layout, as launched."""
     fn = _kernels._matmul_ogs_kernel
     names = fn.arg_names
+    # the decoder preference a config names (the quads decoders come from the weight's layout)
+    cfg = MatmulConfig(block_m, block_n, block_k, 1, num_warps, num_stages, swap_xw=True,
+                       decode=decode if decode in ("bytes", "words", "ptx") else "ptx")
     constexprs = dict(
         ACT_FN=swiglu_fn if gate_up else _kernels.identity_fn, N_ACT_ARGS=2 if gate_up else 0,
         REDUCTION_N=2 if gate_up else 1, W_MX=True, W_KG=1, WS_KG=4, ROUTED=True, GATHER=gate_up,
@@ -45,7 +49,8 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
         DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
         MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=False, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
-        PREFETCH_S=prefetch_scales(MatmulConfig(block_m, block_n, block_k, 1, num_warps, num_stages)),
+        PREFETCH_S=prefetch_scales(cfg, decode.startswith("quads")) and not scale_words(cfg, s_words),
+        S_WORDS=scale_words(cfg, s_words),
     )
     if not gate_up:
         constexprs.update(act_arg0=None, act_arg1=None)
@@ -116,13 +121,16 @@ def main():
     ap.add_argument("--chunk-tail", default=None,
                     help="chunk_m,tail_m: compile one of MatmulConfig.tail's two launches "
                          "(block_m is the chunk or the tail)")
+    ap.add_argument("--byte-scales", action="store_true",
+                    help="scales read as bytes (strided scale layouts) instead of the default layout's words")
     ap.add_argument("--dump", default=None)
     args = ap.parse_args()
     cfg = {"decode": (16, 64, 128, 4, 3), "mid": (64, 128, 128, 4, 3), "prefill": (128, 64, 128, 4, 3)}[args.mode]
     if args.cfg:
         cfg = tuple(int(v) for v in args.cfg.split(","))
     chunk_m, tail_m = (int(v) for v in args.chunk_tail.split(",")) if args.chunk_tail else (0, 0)
-    k = compile_matmul(*cfg, decode=args.decode, gate_up=not args.down, chunk_m=chunk_m, tail_m=tail_m)
+    k = compile_matmul(*cfg, decode=args.decode, gate_up=not args.down, chunk_m=chunk_m, tail_m=tail_m,
+                       s_words=not args.byte_scales)
     sass = k.asm["sass"]
     if args.dump:
         with open(args.dump, "w") as f:

@@ -619,13 +619,14 @@ def test_gpu_tiles_sized_per_expert_gpt_oss(n_expts, n_tokens, cfg, layout_name)
 def test_gpu_wide_tiles_over_two_warp_groups(cfg):
     """Configs of 256 columns (8 warps: two warp groups along N). With the MX scales loaded one step
     ahead, 128 x 256 x 64 / 8 warps at 3-4 stages gave NaN in the second warp group's columns
-    (E = 128, T = 4096, down, raw layout); such configs load the scales in the step."""
+    (E = 128, T = 4096, down, raw layout: the word decoders); there the scales load in the step.
+    The quads decoders ('default', 'hopper') load them ahead at these widths too."""
     from triton_kernels.routing import routing
     n_expts, n_tokens, k, hidden = 128, 4096, 4, 2880
     torch.manual_seed(0)
     rd, gi, si = routing(torch.randn(n_tokens, n_expts, device="cuda"), k)
     codes, scales = mx_weight(n_expts, hidden, hidden, 2, "cuda")
-    for layout_name in ("raw", "default"):
+    for layout_name in ("raw", "default", "hopper"):
         w, s = as_weight(codes, scales, layout_name)
         h = torch.randn(n_tokens * k, hidden, device="cuda").bfloat16()
         kwargs = dict(scatter_indx=si, precision_config=PrecisionConfig(weight_scale=s), gammas=rd.gate_scal)
@@ -913,10 +914,53 @@ def test_scales_prefetched_or_loaded_in_step_agree(device, split_k):
     ahead = MatmulConfig(16, 64, 64, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
     in_step = MatmulConfig(16, 256, 64, 1, 8, 1, swap_xw=True, decode="words", split_k=split_k)
     assert prefetch_scales(ahead) and not prefetch_scales(in_step)
+    assert prefetch_scales(in_step, nibble_quads=True)  # the quads decoders prefetch at any width
     for cfg in (ahead, in_step):
         out, ref, _ = run_routed(device, True, True, True, False, "mxfp4", "raw", kdim=224, n=64, config=cfg)
         assert not out.isnan().any()
         assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.parametrize("kdim,block_k,split_k", [(96, 256, 1), (224, 128, 1), (736, 256, 2), (640, 128, 3)])
+def test_scale_words_equal_scale_bytes(device, monkeypatch, kdim, block_k, split_k):
+    """HopperMXScaleLayout's scales are read as whole 32-bit words (4 scale blocks) where BLOCK_K is a
+    multiple of 128 (`scale_words`); strided scales are read byte by byte. The same weight with its
+    scales in either layout gives bit-identical outputs, also where a K tail or a K split starts
+    inside the storage's last word (96, 224, 736: K/32 not a multiple of 4), with the padding bytes
+    and columns of the word storage set to 255 (an E8M0 NaN) to show that they are never used."""
+    if not layouts_available():
+        pytest.skip("tensor / tensor_details.layout not available yet")
+    import triton_kernels.matmul_ogs as mo
+    from triton_kernels.tensor import convert_layout, wrap_torch_tensor
+    from triton_kernels.tensor_details import layout
+
+    taken = []
+
+    def spy(cfg, layout_allows):
+        taken.append(mo_scale_words(cfg, layout_allows))
+        return taken[-1]
+    mo_scale_words = mo.scale_words
+    monkeypatch.setattr(mo, "scale_words", spy)
+    codes, scales = mx_weight(3, kdim, 48, 5, device)
+    w, _ = as_weight(codes, scales, "hopper")
+    s_words = convert_layout(wrap_torch_tensor(scales), layout.HopperMXScaleLayout, mx_axis=1, num_warps=8)
+    words = s_words.storage.data  # [E, K groups, N padded, 4]
+    blocks = torch.arange(words.shape[1] * 4, device=device).view(1, -1, 1, 4)
+    words.masked_fill_(blocks >= kdim // 32, 255)
+    words[:, :, 48:] = 255
+    s_bytes = convert_layout(wrap_torch_tensor(scales), layout.StridedLayout)
+    rd, gi, _, _ = routing_for(11, 3, 2, 0, device=device)
+    x = torch.randn(11, kdim, device=device).bfloat16()
+    cfg = MatmulConfig(16, 32, block_k, 1, 4, 1, swap_xw=True, split_k=split_k)
+    outs = []
+    for s in (s_words, s_bytes):
+        pc = PrecisionConfig(weight_scale=s)
+        outs.append(matmul_ogs(x, w, None, rd, gather_indx=gi, precision_config=pc, config=cfg))
+    assert taken == [True, False]
+    assert not outs[0].isnan().any()
+    assert torch.equal(outs[0], outs[1])
+    ref = matmul_ogs_torch(x, w, None, rd, gather_indx=gi, precision_config=PrecisionConfig(weight_scale=s_bytes))
+    assert rel_err(outs[0], ref) <= 1e-2
 
 
 def test_tail_config_is_checked():

@@ -63,7 +63,7 @@ from . import target_info
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
 from .matmul_ogs_details.configs import (DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, prefetch_scales,
-                                         split_k_for)
+                                         scale_words, split_k_for)
 from .numerics import InFlexData, OutFlexData
 from .swiglu import swiglu_fn, swiglu_fn_torch
 
@@ -403,6 +403,16 @@ def _decoder(cfg: MatmulConfig, p: _Problem) -> int:
     return 1 if want == 2 and not _ptx_ok(p) else want
 
 
+def _grouped_scale_words(p: _Problem) -> bool:
+    """Whether the MX scales can be read as aligned 32-bit words of 4 consecutive scale blocks of one
+    column (the K-grouped layouts with G = 4: HopperMXScaleLayout, BlackwellMXScaleLayout)."""
+    if p.ws is None:
+        return False
+    a = p.ws.addressing
+    return (a.k_group == 4 and a.stride_k_inner == 1 and a.stride_n == 4 and a.stride_k_group % 4 == 0
+            and a.stride_e % 4 == 0 and p.ws.data.data_ptr() % 4 == 0)
+
+
 def _ptx_ok(p: _Problem) -> bool:
     """Whether the inline-PTX decoders can run: CUDA (sm_80+, not the interpreter) and bf16 x."""
     target = target_info.get_target()
@@ -524,8 +534,10 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
     )
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
+        s_words = scale_words(part, _grouped_scale_words(p))
         tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
-                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), PREFETCH_S=prefetch_scales(part))
+                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words,
+                    PREFETCH_S=not s_words and prefetch_scales(part, p.w.addressing.nibble_quads))
         grid = (n_tiles_m * triton.cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, **tile, FINISH_SPLIT=False,

@@ -375,6 +375,29 @@ def _step_scales(s_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG: tl.constexpr,
 
 
 @triton.jit
+def _step_scale_words(s32_base, k0, K, stride_ws_kg, INDEX_64: tl.constexpr, BLOCK_K: tl.constexpr,
+                      MASK_K: tl.constexpr):
+    """`_step_scales` for the K-grouped scale layouts (the 4 scales of a column and 128 K values in
+    one aligned 32-bit word; s32_base: the columns' words) and BLOCK_K a multiple of 128: the
+    step's words, split into its [BLOCK_N, BLOCK_K/32] bytes (int32). Whole words are wide enough
+    for the pipeliner's async copies, so the scales are multi-buffered in shared memory like the
+    weights (read as bytes they went straight to registers, and each step waited on global
+    memory). MASK_K: 0 at or past K, also where the storage pads the last word."""
+    g = k0 // 128 + tl.arange(0, BLOCK_K // 128)
+    off = g.to(tl.int64) * (stride_ws_kg // 4) if INDEX_64 else g * (stride_ws_kg // 4)
+    if MASK_K:  # the tail step may start in the storage's last word
+        words = tl.load(s32_base + off[None, :], mask=(g < tl.cdiv(K // 32, 4))[None, :], other=0)
+    else:
+        words = tl.load(s32_base + off[None, :])
+    b = tl.join(tl.join(words & 255, (words >> 16) & 255), tl.join((words >> 8) & 255, (words >> 24) & 255))
+    s = tl.reshape(b, (words.shape[0], BLOCK_K // 32))  # [.., 4w + j]: byte j of word w
+    if MASK_K:
+        offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        s = tl.where((offs_ks < K // 32)[None, :], s, 0)
+    return s
+
+
+@triton.jit
 def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg, stride_w_ki,
                   K, MASK_K: tl.constexpr, W_MX: tl.constexpr, W_KG: tl.constexpr,
                   DECODE: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
@@ -420,7 +443,7 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                       offs_n_safe, k_start, K, W_MX: tl.constexpr, W_KG: tl.constexpr,
                       WS_KG: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      DECODE: tl.constexpr = 0, PREFETCH_S: tl.constexpr = True):
+                      DECODE: tl.constexpr = 0, PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False):
     """acc [BLOCK_M, BLOCK_N] over k in [k_start, K), computed transposed:
     acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
 
@@ -441,20 +464,24 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     # W and stride_w_n multiples of 4 bytes, so a row's bytes are whole aligned words
     w32_base = W.to(tl.pointer_type(tl.int32)) + offs_n_safe[:, None] * (stride_w_n // 4)
     s_base = WS + offs_n_safe[:, None] * stride_ws_n
+    s32_base = WS.to(tl.pointer_type(tl.int32)) + offs_n_safe[:, None] * (stride_ws_n // 4)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     k_full = k_start + ((K - k_start) // BLOCK_K) * BLOCK_K
     # PREFETCH_S: the scales (1-2 bytes per row and step) are too narrow for the pipeliner's async
     # copies, so each step loads the next step's into registers and their global latency hides
     # behind one step (ncu: the first use of an in-step scale load held 23 % of the stall samples
     # at prefill). The last full step prefetches itself again (no mask in the loop); a K tail
-    # loads its own. Off: each step loads its own (the host's choice, see _launch).
+    # loads its own. Off: each step loads its own (the host's choice, see _launch). S_WORDS: the
+    # scales come as whole words (`_step_scale_words`), which the pipeliner multi-buffers itself.
     s = 0
-    if W_MX and PREFETCH_S:
+    if W_MX and PREFETCH_S and not S_WORDS:
         s = _step_scales(s_base, k_start, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
     for k0 in range(k_start, k_full, BLOCK_K):
         s_step = s
         if W_MX:
-            if PREFETCH_S:
+            if S_WORDS:
+                s_step = _step_scale_words(s32_base, k0, K, stride_ws_kg, INDEX_64, BLOCK_K, False)
+            elif PREFETCH_S:
                 k_next = tl.minimum(k0 + BLOCK_K, k_full - BLOCK_K)
                 s = _step_scales(s_base, k_next, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, False)
             else:
@@ -463,7 +490,9 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                             stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     if k_full < K:
         s_tail = 0
-        if W_MX:
+        if W_MX and S_WORDS:
+            s_tail = _step_scale_words(s32_base, k_full, K, stride_ws_kg, INDEX_64, BLOCK_K, True)
+        elif W_MX:
             s_tail = _step_scales(s_base, k_full, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
         acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s_tail, stride_w_kg,
                             stride_w_ki, K, True, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
@@ -511,7 +540,7 @@ def _matmul_ogs_kernel(
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
     PDL: tl.constexpr = False, CHUNK_M: tl.constexpr = 0, TAIL_M: tl.constexpr = 0,
-    PREFETCH_S: tl.constexpr = True,
+    PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
@@ -602,7 +631,7 @@ def _matmul_ogs_kernel(
                                     W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
                                     WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
                                     offs_n_safe, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
-                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE, PREFETCH_S)
+                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE, PREFETCH_S, S_WORDS)
         else:
             acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
                             W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,

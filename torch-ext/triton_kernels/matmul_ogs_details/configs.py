@@ -147,9 +147,20 @@ def split_k_for(n_tiles: int, k: int, block_k: int, num_sms: int) -> int:
     return split
 
 
-def prefetch_scales(cfg: MatmulConfig) -> bool:
-    """Whether the swapped main loop loads each K step's MX scales one step ahead. Not with 8 warps
+def prefetch_scales(cfg: MatmulConfig, nibble_quads: bool = False) -> bool:
+    """Whether the swapped main loop loads each K step's MX scales one step ahead (byte loads; see
+    `scale_words` for the other form). Not with the word decoders (`nibble_quads` False) on 8 warps
     over 256 columns: there the compiled loop (Triton 3.6, sm_90) gave NaN in the second warp
-    group's columns at stages >= 3 (found at E=128 T=4096 down, raw layout, 128 x 256 x 64; 4 warps
-    or 128 columns or 2 stages were right; cause not found), so those configs load in the step."""
-    return not (cfg.block_n >= 256 and cfg.num_warps >= 8)
+    group's columns (raw layout, 128 x 256 x 64, 3-4 stages, the down projection; cause not found),
+    so those configs load in the step. The quads decoders were right with every such config tried
+    on the H100 (64 and 128 rows, 2-4 stages, both projections; NOTES_matmul_perf.md section 14)."""
+    return nibble_quads or not (cfg.block_n >= 256 and cfg.num_warps >= 8)
+
+
+def scale_words(cfg: MatmulConfig, layout_allows: bool) -> bool:
+    """Whether the swapped main loop reads the MX scales as whole 32-bit words (`_step_scale_words`),
+    which the pipeliner multi-buffers like the weights. `layout_allows`: a K-grouped scale layout of
+    4 scales per aligned word (the default HopperMXScaleLayout). Only K steps of whole words: with
+    64-value steps half a word is picked by a shift per step, and the sm_90 loop grew by 4-24 %
+    (offline SASS of the 64-deep configs), so those keep the byte loads."""
+    return layout_allows and cfg.swap_xw and cfg.block_k % 128 == 0
