@@ -544,8 +544,11 @@ def moe_float64(x, logits, k, w1, b1, w2, b2):
 @pytest.mark.gpu
 @pytest.mark.parametrize("n_expts", [32, 128])
 @pytest.mark.parametrize("n_tokens", [1, 7, 64, 512, 4096, 16384])
-@pytest.mark.parametrize("layout_name", ["raw", "default"])
+@pytest.mark.parametrize("layout_name", ["raw", "default", "hopper"])
 def test_gpu_moe_layer_gpt_oss(n_expts, n_tokens, layout_name):
+    """The gpt-oss MoE layer at full size against matmul_ogs_torch and float64. Layouts: raw uint8
+    (word decoders), 'default' (nibble-quads values, strided scales: transformers' setting) and
+    'hopper' (nibble-quads values and K-grouped scales: the benchmarks' default)."""
     from triton_kernels.routing import routing
     device, hidden, inter, k = "cuda", 2880, 2880, 4
     torch.manual_seed(n_tokens + n_expts)
