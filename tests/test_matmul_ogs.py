@@ -909,9 +909,9 @@ def test_tiles_sized_per_expert_scatter_and_plain(device):
 
 @pytest.mark.parametrize("split_k", [1, 2])
 def test_scales_prefetched_or_loaded_in_step_agree(device, split_k):
-    """The swapped main loop loads the MX scales one K step ahead, except for configs of 256 columns
-    on 8 warps (`prefetch_scales`), which load them in the step: both, with a K tail (224 = 3 x 64 + 32)
-    and K splits, equal the reference."""
+    """The swapped main loop loads byte scales one K step ahead, except for the word decoders' configs
+    of 256 columns on 8 warps (`prefetch_scales`), which load them in the step: both, with a K tail
+    (224 = 3 x 64 + 32) and K splits, equal the reference."""
     from triton_kernels.matmul_ogs_details.configs import prefetch_scales
 
     ahead = MatmulConfig(16, 64, 64, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
