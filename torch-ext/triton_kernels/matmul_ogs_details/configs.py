@@ -36,9 +36,8 @@ class MatmulConfig:
     split_k: int = 1
     # Tiles sized per expert (routed calls; ignored otherwise): each expert's rows are cut into
     # chunks of block_m rows, and a chunk holding at most tail.block_m rows (an expert's last one)
-    # is computed by a second launch with this config instead of a block_m-row tile. An opt-in
-    # that choose_config never picks: on the H100 it paid only at E = 128, T = 512 (32 + 16 rows,
-    # -10 %) and lost at most other shapes (NOTES_matmul_perf.md section 12).
+    # is computed by a second launch with this config instead of a block_m-row tile. choose_config
+    # picks it for 256-1024 rows per expert (NOTES_matmul_perf.md sections 12 and 15).
     tail: MatmulConfig | None = None
 
     def __post_init__(self):
@@ -101,11 +100,16 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
         if block_m <= 64:
             if n >= 4096:  # gate_up: wide N, 8 warps over 128 columns
                 return MatmulConfig(block_m, 128, 128, 8, 8, 3, swap_xw=True, decode="ptx")
-            return MatmulConfig(block_m, 256, 64, 8, 8, 3, swap_xw=True, decode="ptx")
-        # prefill: 128 x 128 tiles with 4 warps up to ~1k rows per expert; beyond, 256-row tiles
-        # (wgmma N = 256) decode each weight tile once for twice the rows
+            return MatmulConfig(block_m, 128, 128, 8, 4, 3, swap_xw=True, decode="ptx")
+        # prefill: 128 x 128 tiles with 4 warps up to a few hundred rows per expert; beyond, 256-row
+        # tiles (wgmma N = 256) decode each weight tile once for twice the rows, and up to ~1k rows an
+        # expert's last chunk of at most 64 rows goes to 64-row tiles (graph-timed sweep, NOTES
+        # section 15: -9 to -13 % at 512 rows per expert, nothing at 128)
         if rows_per_group > 1024:
             return MatmulConfig(256, 128, 64, 8, 8, 3, swap_xw=True, decode="ptx")
+        if rows_per_group > 256:
+            return MatmulConfig(256, 128, 64, 8, 8, 3, swap_xw=True, decode="ptx",
+                                tail=MatmulConfig(64, 128, 128, 8, 4, 3, swap_xw=True, decode="ptx"))
         return MatmulConfig(128, 128, 64, 8, 4, 4, swap_xw=True, decode="ptx")
     if variant == "hopper" and weight_is_mx:
         # other K-contiguous layouts (transformers' strided values): the inline-PTX word decoder
