@@ -1,6 +1,6 @@
 """The gpt-oss MoE layer on one GPU, end to end, against the hardware floor (issue 6 / SPEC section 5).
 
-    python benchmarks/bench_moe.py --out bench_moe.json [--quick] [--layouts default,strided_scales]
+    python benchmarks/bench_moe.py --out bench_moe.json [--quick | --tokens 512,16384] [--layouts default,strided_scales]
 
 In ONE run: measures the two ceilings (device-to-device copy bandwidth, dense bf16 matmul rate),
 re-checks correctness of the timed paths (benchmarks/bench_matmul.check: NaN-poisoned outputs,
@@ -155,6 +155,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_moe.json")
     ap.add_argument("--quick", action="store_true", help="T in {1, 64, 4096} only")
+    ap.add_argument("--tokens", default=None, help="comma-separated T to time (default: all of the table's)")
     ap.add_argument("--layouts", default="default,strided_scales")
     ap.add_argument("--experts", default="32,128")
     ap.add_argument("--no-bf16", action="store_true", help="skip the dequantized bf16 comparison path")
@@ -169,6 +170,10 @@ def main() -> int:
     print(f"copy bandwidth {machine['copy_bandwidth_GBps']:.0f} GB/s, dense bf16 {machine['dense_bf16_TFLOPs']:.0f} TFLOP/s",
           flush=True)
     token_counts = [1, 64, 4096] if args.quick else TOKEN_COUNTS
+    if args.tokens:
+        token_counts = [int(t) for t in args.tokens.split(",")]
+        if any(t < 1 for t in token_counts):
+            raise SystemExit(f"bench_moe: --tokens must be positive ints, got {args.tokens!r}")
     ok = True
     rows = []
     for layout_name in args.layouts.split(","):
