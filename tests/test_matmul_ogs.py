@@ -937,12 +937,11 @@ def test_scale_words_equal_scale_bytes(device, monkeypatch, kdim, block_k, split
     from triton_kernels.tensor import convert_layout, wrap_torch_tensor
     from triton_kernels.tensor_details import layout
 
-    taken = []
+    taken, real_scale_words = [], mo.scale_words
 
-    def spy(cfg, layout_allows):
-        taken.append(mo_scale_words(cfg, layout_allows))
+    def spy(cfg, layout_allows):  # records which scale form each launch took
+        taken.append(real_scale_words(cfg, layout_allows))
         return taken[-1]
-    mo_scale_words = mo.scale_words
     monkeypatch.setattr(mo, "scale_words", spy)
     codes, scales = mx_weight(3, kdim, 48, 5, device)
     w, _ = as_weight(codes, scales, "hopper")
