@@ -37,7 +37,9 @@ _E2M1_TWICE_PACKED: tl.constexpr = tl.constexpr(0xC8643210 - (1 << 32))
 
 @triton.jit
 def _e2m1_twice(code):
-    """Nibble (int32, 0..15) -> 2 * its E2M1 value, exactly, as float32."""
+    """Nibble (int32, 0..15) -> 2 * its E2M1 value, exactly, as float32. The unswapped main loop's
+    decoder; `_e2m1_bits` gives the same products there but its sm_80 loop was 10-14 % longer and
+    spilled at 64- and 128-row tiles (offline SASS, 2026-11-23), so each loop keeps its own."""
     mag = code & 7
     twice = (_E2M1_TWICE_PACKED >> (mag * 4)) & 15
     twice = tl.where(code >= 8, -twice, twice)
