@@ -368,12 +368,17 @@ def _load_k_tail(ptrs, offs_k, k_bound, MASK_K: tl.constexpr):
 
 
 @triton.jit
-def _step_scales(s_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG: tl.constexpr, INDEX_64: tl.constexpr,
-                 BLOCK_K: tl.constexpr, MASK_K: tl.constexpr):
-    """The [BLOCK_N, BLOCK_K/32] E8M0 scales of the K step at k0 (MASK_K: 0 at or past K)."""
-    offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-    s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
-    return _load_k_tail(s_base + s_off[None, :], offs_ks, K // 32, MASK_K)
+def _step_scales(s_base, s32_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG: tl.constexpr, INDEX_64: tl.constexpr,
+                 BLOCK_K: tl.constexpr, MASK_K: tl.constexpr, S_WORDS: tl.constexpr):
+    """The [BLOCK_N, BLOCK_K/32] E8M0 scales of the K step at k0 (MASK_K: 0 at or past K): bytes, or
+    with S_WORDS whole words split in registers (`_step_scale_words`)."""
+    if S_WORDS:
+        s = _step_scale_words(s32_base, k0, K, stride_ws_kg, INDEX_64, BLOCK_K, MASK_K)
+    else:
+        offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
+        s = _load_k_tail(s_base + s_off[None, :], offs_ks, K // 32, MASK_K)
+    return s
 
 
 @triton.jit
@@ -473,29 +478,29 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     # copies, so each step loads the next step's into registers and their global latency hides
     # behind one step (ncu: the first use of an in-step scale load held 23 % of the stall samples
     # at prefill). The last full step prefetches itself again (no mask in the loop); a K tail
-    # loads its own. Off: each step loads its own (the host's choice, see _launch). S_WORDS: the
-    # scales come as whole words (`_step_scale_words`), which the pipeliner multi-buffers itself.
+    # loads its own. Off: each step loads its own (the host's choice, see _launch; it leaves
+    # PREFETCH_S off with S_WORDS: whole words are multi-buffered by the pipeliner itself).
     s = 0
-    if W_MX and PREFETCH_S and not S_WORDS:
-        s = _step_scales(s_base, k_start, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
+    if W_MX and PREFETCH_S:
+        s = _step_scales(s_base, s32_base, k_start, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True,
+                         S_WORDS)
     for k0 in range(k_start, k_full, BLOCK_K):
         s_step = s
         if W_MX:
-            if S_WORDS:
-                s_step = _step_scale_words(s32_base, k0, K, stride_ws_kg, INDEX_64, BLOCK_K, False)
-            elif PREFETCH_S:
+            if PREFETCH_S:
                 k_next = tl.minimum(k0 + BLOCK_K, k_full - BLOCK_K)
-                s = _step_scales(s_base, k_next, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, False)
+                s = _step_scales(s_base, s32_base, k_next, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K,
+                                 False, S_WORDS)
             else:
-                s_step = _step_scales(s_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, False)
+                s_step = _step_scales(s_base, s32_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K,
+                                      False, S_WORDS)
         acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_step, stride_w_kg,
                             stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     if k_full < K:
         s_tail = 0
-        if W_MX and S_WORDS:
-            s_tail = _step_scale_words(s32_base, k_full, K, stride_ws_kg, INDEX_64, BLOCK_K, True)
-        elif W_MX:
-            s_tail = _step_scales(s_base, k_full, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True)
+        if W_MX:
+            s_tail = _step_scales(s_base, s32_base, k_full, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K,
+                                  True, S_WORDS)
         acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s_tail, stride_w_kg,
                             stride_w_ki, K, True, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     return tl.trans(acc)
