@@ -474,7 +474,6 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         token_offs = expt_data.token_offs_raw
         n_tiles_m = block_pid_map.shape[0]
     else:
-        block_pid_map = token_offs = None
         n_tiles_m = triton.cdiv(p.rows, cfg.block_m)
     n_tiles_n = triton.cdiv(p.n, cfg.block_n)
     if not (n_tiles_m and n_tiles_n and p.batch) or len(parts) > 1:
@@ -496,7 +495,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
                           device=x.device)
     else:
         out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
-    if not p.routed:
+    if not p.routed:  # unused by the kernel: any tensor argument does
         block_pid_map = token_offs = out
 
     out3 = out if out.dim() == 3 else out.unsqueeze(0)
@@ -533,8 +532,9 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
         CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
     )
+    words_layout = _grouped_scale_words(p)
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
-        s_words = scale_words(part, _grouped_scale_words(p))
+        s_words = scale_words(part, words_layout)
         tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
                     SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words,
                     PREFETCH_S=not s_words and prefetch_scales(part, p.w.addressing.nibble_quads))
