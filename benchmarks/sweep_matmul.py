@@ -80,7 +80,7 @@ def candidates(rows_per_expt, which="all"):
         regime, fill = MID, FILL_MID
     else:
         regime, fill = PREFILL, FILL_PREFILL
-    return fill if which == "fill" else regime + fill
+    return fill if which == "fill" else regime + [c for c in fill if c not in regime]
 
 
 def _caches():
