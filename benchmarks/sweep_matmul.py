@@ -64,7 +64,8 @@ MID = [C(64, 64, 128, 8, 4, 3, True), C(64, 128, 128, 8, 4, 3, True), C(64, 128,
 # expert (MatmulConfig.tail: chunks of block_m rows, short last chunks by a second launch), may beat
 # the height that the mean rows per expert picks.
 FILL_DECODE = [C(32, 64, 128, 4, 4, 3, True), C(32, 64, 256, 1, 4, 3, True),
-               C(32, 64, 128, 4, 4, 3, True, tail=C(16, 64, 256, 1, 4, 3, True))]
+               C(32, 64, 128, 4, 4, 3, True, tail=C(16, 64, 256, 1, 4, 3, True)),
+               C(32, 64, 256, 1, 4, 3, True, tail=C(16, 64, 256, 1, 4, 3, True))]
 FILL_MID = [C(128, 128, 64, 8, 4, 4, True), C(128, 128, 128, 8, 8, 3, True),
             C(128, 128, 64, 8, 4, 4, True, tail=C(64, 128, 128, 8, 4, 3, True)),
             C(128, 128, 64, 8, 4, 4, True, tail=C(64, 256, 64, 8, 8, 3, True))]
