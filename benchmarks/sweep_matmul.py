@@ -65,7 +65,9 @@ MID = [C(64, 64, 128, 8, 4, 3, True), C(64, 128, 128, 8, 4, 3, True), C(64, 128,
 # the height that the mean rows per expert picks.
 FILL_DECODE = [C(32, 64, 128, 4, 4, 3, True), C(32, 64, 256, 1, 4, 3, True),
                C(32, 64, 128, 4, 4, 3, True, tail=C(16, 64, 256, 1, 4, 3, True)),
-               C(32, 64, 256, 1, 4, 3, True, tail=C(16, 64, 256, 1, 4, 3, True))]
+               C(32, 64, 256, 1, 4, 3, True, tail=C(16, 64, 256, 1, 4, 3, True)),
+               C(64, 64, 128, 8, 4, 3, True, tail=C(32, 64, 128, 4, 4, 3, True)),
+               C(64, 64, 256, 8, 4, 3, True, tail=C(32, 64, 256, 1, 4, 3, True))]
 FILL_MID = [C(128, 128, 64, 8, 4, 4, True), C(128, 128, 128, 8, 8, 3, True),
             C(128, 128, 64, 8, 4, 4, True, tail=C(64, 128, 128, 8, 4, 3, True)),
             C(128, 128, 64, 8, 4, 4, True, tail=C(64, 256, 64, 8, 8, 3, True))]
@@ -77,6 +79,8 @@ FILL_PREFILL = [C(256, 128, 64, 8, 8, 3, True), C(256, 128, 64, 8, 8, 3, True, t
 def candidates(rows_per_expt, which="all"):
     if rows_per_expt <= 16:
         regime, fill = DECODE, FILL_DECODE
+    elif rows_per_expt <= 32:  # between the regimes: the 32-row default against decode-style tiles and tails
+        regime, fill = MID, FILL_DECODE
     elif rows_per_expt <= 64:
         regime, fill = MID, FILL_MID
     else:
