@@ -93,6 +93,15 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
         # Swapped main loop (decoded weight as wgmma's register operand) with the nibble-quads decoder
         # of the default layout; measured on the H100 with benchmarks/sweep_matmul.py
         # (NOTES_matmul_perf.md section 7).
+        if 14 < rows_per_group <= 32:
+            # Around 16 rows per expert (NOTES section 16; graph-timed sweep, crossover between 12 and
+            # 16): 16-row tiles give half the experts a second tile. gate_up takes 32-row tiles with
+            # 16-row tails up to 16 rows; down takes 32 x 64 x 256 up to 32 rows.
+            if n < 4096:
+                return MatmulConfig(32, 64, 256, 1, 4, 3, swap_xw=True, decode="ptx")
+            if rows_per_group <= 16:
+                return MatmulConfig(32, 64, 128, 4, 4, 3, swap_xw=True, decode="ptx",
+                                    tail=MatmulConfig(16, 64, 256, 1, 4, 3, swap_xw=True, decode="ptx"))
         if block_m <= 16:
             return MatmulConfig(block_m, 64, 256, 1, 4, 3, swap_xw=True, decode="ptx")
         if block_m <= 32:
