@@ -70,10 +70,16 @@ FILL_DECODE = [C(32, 64, 128, 4, 4, 3, True), C(32, 64, 256, 1, 4, 3, True),
                C(64, 64, 256, 8, 4, 3, True, tail=C(32, 64, 256, 1, 4, 3, True))]
 FILL_MID = [C(128, 128, 64, 8, 4, 4, True), C(128, 128, 128, 8, 8, 3, True),
             C(128, 128, 64, 8, 4, 4, True, tail=C(64, 128, 128, 8, 4, 3, True)),
-            C(128, 128, 64, 8, 4, 4, True, tail=C(64, 256, 64, 8, 8, 3, True))]
+            C(128, 128, 64, 8, 4, 4, True, tail=C(64, 256, 64, 8, 8, 3, True)),
+            # the shipped 64-row tiles with short tails: less padded MMA work where it is not hidden
+            C(64, 128, 128, 8, 8, 3, True, tail=C(32, 64, 128, 4, 4, 3, True)),
+            C(64, 128, 128, 8, 4, 3, True, tail=C(32, 64, 256, 1, 4, 3, True)),
+            C(64, 128, 128, 8, 8, 3, True, tail=C(16, 64, 256, 1, 4, 3, True))]
 FILL_PREFILL = [C(256, 128, 64, 8, 8, 3, True), C(256, 128, 64, 8, 8, 3, True, tail=C(128, 128, 64, 8, 4, 4, True)),
                 C(256, 128, 64, 8, 8, 3, True, tail=C(64, 128, 128, 8, 4, 3, True)),
-                C(128, 128, 64, 8, 4, 4, True, tail=C(64, 128, 128, 8, 4, 3, True))]
+                C(128, 128, 64, 8, 4, 4, True, tail=C(64, 128, 128, 8, 4, 3, True)),
+                C(128, 128, 64, 8, 4, 4, True, tail=C(32, 64, 128, 4, 4, 3, True)),
+                C(128, 128, 64, 8, 4, 4, True, tail=C(32, 64, 256, 1, 4, 3, True))]
 
 
 def candidates(rows_per_expt, which="all"):
