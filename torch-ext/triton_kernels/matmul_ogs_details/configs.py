@@ -37,7 +37,7 @@ class MatmulConfig:
     # Tiles sized per expert (routed calls; ignored otherwise): each expert's rows are cut into
     # chunks of block_m rows, and a chunk holding at most tail.block_m rows (an expert's last one)
     # is computed by a second launch with this config instead of a block_m-row tile. choose_config
-    # picks it for 256-1024 rows per expert (NOTES_matmul_perf.md sections 12 and 15).
+    # picks it at 15-16, 65-160 and 257-1024 rows per expert (NOTES_matmul_perf.md sections 12, 15, 16).
     tail: MatmulConfig | None = None
 
     def __post_init__(self):
@@ -110,16 +110,21 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
             if n >= 4096:  # gate_up: wide N, 8 warps over 128 columns
                 return MatmulConfig(block_m, 128, 128, 8, 8, 3, swap_xw=True, decode="ptx")
             return MatmulConfig(block_m, 128, 128, 8, 4, 3, swap_xw=True, decode="ptx")
-        # prefill: 128 x 128 tiles with 4 warps up to a few hundred rows per expert; beyond, 256-row
-        # tiles (wgmma N = 256) decode each weight tile once for twice the rows, and up to ~1k rows an
-        # expert's last chunk of at most 64 rows goes to 64-row tiles (graph-timed sweep, NOTES
-        # section 15: -9 to -13 % at 512 rows per expert, nothing at 128)
+        # prefill: 128 x 128 tiles with 4 warps around 128 rows per expert, an expert's last chunk of
+        # at most 32 rows going to 32-row tiles; beyond, 256-row tiles (wgmma N = 256) decode each
+        # weight tile once for twice the rows, and up to ~1k rows an expert's last chunk of at most
+        # 64 rows goes to 64-row tiles (graph-timed sweeps, NOTES sections 15 and 16: at 128 rows per
+        # expert the 32-row tails gave -5 to -13 %, at 192 they lost to uniform 256-row tiles by ~10 %)
         if rows_per_group > 1024:
             return MatmulConfig(256, 128, 64, 8, 8, 3, swap_xw=True, decode="ptx")
         if rows_per_group > 256:
             return MatmulConfig(256, 128, 64, 8, 8, 3, swap_xw=True, decode="ptx",
                                 tail=MatmulConfig(64, 128, 128, 8, 4, 3, swap_xw=True, decode="ptx"))
-        return MatmulConfig(128, 128, 64, 8, 4, 4, swap_xw=True, decode="ptx")
+        if rows_per_group > 160:
+            return MatmulConfig(256, 128, 64, 8, 8, 3, swap_xw=True, decode="ptx")
+        short = (MatmulConfig(32, 64, 128, 4, 4, 3, swap_xw=True, decode="ptx") if n >= 4096 else
+                 MatmulConfig(32, 64, 256, 1, 4, 3, swap_xw=True, decode="ptx"))
+        return MatmulConfig(128, 128, 64, 8, 4, 4, swap_xw=True, decode="ptx", tail=short)
     if variant == "hopper" and weight_is_mx:
         # other K-contiguous layouts (transformers' strided values): the inline-PTX word decoder
         if block_m <= 16:
