@@ -246,7 +246,7 @@ def _aligned(t) -> bool:
 
 
 def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int, device,
-            launch_pdl: bool = False, cooperative: bool = False) -> None:
+            launch_pdl: bool = False, cooperative: bool = False, stream=None) -> None:
     """fn[(n_programs,)](*args, *consts): the first call of a key goes through Triton's JIT
     (compiling or finding the kernel); later calls hand the same arguments straight to the
     compiled kernel's launcher, skipping the JIT's per-call binding and cache-key work (most of
@@ -254,7 +254,7 @@ def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int
     constexprs, dtypes, the pointer alignments and the specialized integer arguments (strides).
     launch_pdl: launch as a programmatic dependent of the previous kernel; cooperative: as a
     cooperative grid (all programs resident at once; both are compile options, so the compiled
-    kernel's launcher keeps them)."""
+    kernel's launcher keeps them). stream: the current stream where the caller has it already."""
     hit = _COMPILED.get(key) if FAST_LAUNCH else None
     if hit is None:
         kwargs = dict(zip(fn.arg_names[len(args):], consts))
@@ -267,7 +267,8 @@ def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int
             _COMPILED[key] = compiled
         return
     knobs = triton.knobs.runtime
-    stream = triton.runtime.driver.active.get_current_stream(device.index)
+    if stream is None:
+        stream = triton.runtime.driver.active.get_current_stream(device.index)
     enter, leave = knobs.launch_enter_hook, knobs.launch_exit_hook
     meta = None
     if enter is not None and getattr(enter, "calls", True):  # someone listens (a profiler): as the JIT does
@@ -288,11 +289,11 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
     plan_args = (n_tokens, n_expts, k, simulated_ep, sm_first, _target_programs(), FUSED_MAX_TILES, user, ROWS_PATH)
     plan = make_routing_plan(*plan_args, _one_launch_programs())
     dev = logits.device
-    counter = None
+    counter = stream = None
     if plan.one_launch:
         cuda = dev.type == "cuda"
-        stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else 0
-        counter = barrier_counter(dev, stream, cuda and torch.cuda.is_current_stream_capturing())
+        stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else None
+        counter = barrier_counter(dev, stream or 0, cuda and torch.cuda.is_current_stream_capturing())
         if counter is None:  # no barrier counter to be had: the two launches need none
             plan = make_routing_plan(*plan_args, 0)
     ws = torch.empty(plan.total, dtype=torch.int32, device=dev)
@@ -322,7 +323,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
                       plan.tile_block, plan.packed_scans)
             _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
                     (logits, sx0, sx1, ws, n_rows_ptr, counter, n_tokens, n_expts, n_local, n_rows_val), consts,
-                    plan.num_warps, dev, cooperative=plan.one_launch and dev.type == "cuda")
+                    plan.num_warps, dev, cooperative=plan.one_launch and dev.type == "cuda", stream=stream)
             if plan.one_launch:
                 return _outputs(ws, plan)
         else:
