@@ -980,6 +980,33 @@ def test_tail_config_is_checked():
     assert MatmulConfig(128, 64, 64, 1, 4, 1, tail=tail).tail is tail
 
 
+
+@pytest.mark.parametrize("variant", ["blackwell", "hopper", "ampere", "turing"])
+@pytest.mark.parametrize("nibble_quads", [False, True])
+def test_choose_config_gives_launchable_configs(variant, nibble_quads):
+    """Every config that choose_config returns across the rows-per-expert range, for both gpt-oss
+    projections and a dense weight, is one the launch takes as it is: N tiles hold whole SwiGLU
+    pairs, row tiles read a map routing tabulates (taller ones the 128-row map), a tail's tiles are
+    tabulated and take no K split, and nibble-quads weights get the swapped loop in whole 64-value K
+    blocks (on Hopper; elsewhere `_fit_config` adapts the config)."""
+    from triton_kernels.matmul_ogs_details.configs import ROUTED_BLOCK_M, choose_config
+    rows = [0.03, 0.25, 1, 2, 8, 12, 14, 14.5, 15, 16, 17, 24, 32, 33, 64, 65, 128, 160, 161, 192, 256, 257,
+            512, 1024, 1025, 2048, 65536]
+    seen = set()
+    for r in rows:
+        for n, reduction_n, mx in ((5760, 2, True), (2880, 1, True), (2880, 1, False)):
+            quads = nibble_quads and mx
+            cfg = choose_config(r, n, 2880, mx, reduction_n, variant=variant, interpreter=False, nibble_quads=quads)
+            seen.add(cfg)
+            for part in (cfg,) if cfg.tail is None else (cfg, cfg.tail):
+                assert part.block_n % (2 * reduction_n) == 0, (r, n, part)
+                assert part.block_m in ROUTED_BLOCK_M or part.block_m % ROUTED_BLOCK_M[-1] == 0, (r, n, part)
+                if quads and variant == "hopper":
+                    assert part.swap_xw and part.block_k % 64 == 0, (r, n, part)
+            if cfg.tail is not None:
+                assert cfg.tail.block_m in ROUTED_BLOCK_M and cfg.split_k == cfg.tail.split_k == 1, (r, n, cfg)
+    assert len(seen) > 3  # the range spans several regimes
+
 _SASS_SCRIPT = r"""
 import json, sys
 sys.path.insert(0, "benchmarks")
