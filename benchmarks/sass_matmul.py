@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
-from triton_kernels.matmul_ogs_details.configs import MatmulConfig, prefetch_scales, scale_words  # noqa: E402
+from triton_kernels.matmul_ogs_details.configs import MatmulConfig, scale_loads  # noqa: E402
 from triton_kernels.swiglu import swiglu_fn  # noqa: E402
 
 _POINTERS = {"Y": "*bf16", "X": "*bf16", "W": "*u8", "WS": "*u8", "Bias": "*fp32", "Betas": "*fp32",
@@ -42,6 +42,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
     # the decoder preference a config names (the quads decoders come from the weight's layout)
     cfg = MatmulConfig(block_m, block_n, block_k, 1, num_warps, num_stages, swap_xw=True,
                        decode=decode if decode in ("bytes", "words", "ptx") else "ptx")
+    words_on, prefetch_s = scale_loads(cfg, s_words, decode.startswith("quads"))
     constexprs = dict(
         ACT_FN=swiglu_fn if gate_up else _kernels.identity_fn, N_ACT_ARGS=2 if gate_up else 0,
         REDUCTION_N=2 if gate_up else 1, W_MX=True, W_KG=1, WS_KG=4, ROUTED=True, GATHER=gate_up,
@@ -49,8 +50,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
         DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
         MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=False, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
-        PREFETCH_S=prefetch_scales(cfg, decode.startswith("quads")) and not scale_words(cfg, s_words),
-        S_WORDS=scale_words(cfg, s_words),
+        PREFETCH_S=prefetch_s, S_WORDS=words_on,
     )
     if not gate_up:
         constexprs.update(act_arg0=None, act_arg1=None)

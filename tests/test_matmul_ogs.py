@@ -937,12 +937,13 @@ def test_scale_words_equal_scale_bytes(device, monkeypatch, kdim, block_k, split
     from triton_kernels.tensor import convert_layout, wrap_torch_tensor
     from triton_kernels.tensor_details import layout
 
-    taken, real_scale_words = [], mo.scale_words
+    taken, real_scale_loads = [], mo.scale_loads
 
-    def spy(cfg, layout_allows):  # records which scale form each launch took
-        taken.append(real_scale_words(cfg, layout_allows))
-        return taken[-1]
-    monkeypatch.setattr(mo, "scale_words", spy)
+    def spy(cfg, words_layout, nibble_quads):  # records which scale form each launch took
+        forms = real_scale_loads(cfg, words_layout, nibble_quads)
+        taken.append(forms[0])
+        return forms
+    monkeypatch.setattr(mo, "scale_loads", spy)
     codes, scales = mx_weight(3, kdim, 48, 5, device)
     w, _ = as_weight(codes, scales, "hopper")
     s_words = convert_layout(wrap_torch_tensor(scales), layout.HopperMXScaleLayout, mx_axis=1, num_warps=8)

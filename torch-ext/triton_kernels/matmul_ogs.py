@@ -62,8 +62,7 @@ import triton
 from . import target_info
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
-from .matmul_ogs_details.configs import (DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, prefetch_scales,
-                                         scale_words, split_k_for)
+from .matmul_ogs_details.configs import DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, scale_loads, split_k_for
 from .numerics import InFlexData, OutFlexData
 from .swiglu import swiglu_fn, swiglu_fn_torch
 
@@ -534,10 +533,9 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     )
     words_layout = _grouped_scale_words(p)
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
-        s_words = scale_words(part, words_layout)
+        s_words, prefetch_s = scale_loads(part, words_layout, p.w.addressing.nibble_quads)
         tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
-                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words,
-                    PREFETCH_S=not s_words and prefetch_scales(part, p.w.addressing.nibble_quads))
+                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words, PREFETCH_S=prefetch_s)
         grid = (n_tiles_m * triton.cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, **tile, FINISH_SPLIT=False,

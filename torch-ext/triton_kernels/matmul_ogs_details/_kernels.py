@@ -478,7 +478,7 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     # copies, so each step loads the next step's into registers and their global latency hides
     # behind one step (ncu: the first use of an in-step scale load held 23 % of the stall samples
     # at prefill). The last full step prefetches itself again (no mask in the loop); a K tail
-    # loads its own. Off: each step loads its own (the host's choice, see _launch; it leaves
+    # loads its own. Off: each step loads its own (the host's choice, `configs.scale_loads`; it leaves
     # PREFETCH_S off with S_WORDS: whole words are multi-buffered by the pipeliner itself).
     s = 0
     if W_MX and PREFETCH_S:

@@ -182,3 +182,11 @@ def scale_words(cfg: MatmulConfig, layout_allows: bool) -> bool:
     64-value steps half a word is picked by a shift per step, and the sm_90 loop grew by 4-24 %
     (offline SASS of the 64-deep configs), so those keep the byte loads."""
     return layout_allows and cfg.swap_xw and cfg.block_k % 128 == 0
+
+
+def scale_loads(cfg: MatmulConfig, words_layout: bool, nibble_quads: bool) -> tuple[bool, bool]:
+    """(S_WORDS, PREFETCH_S) of the swapped main loop for `cfg`: whole scale words where `scale_words`
+    allows them (the pipeliner multi-buffers those, so they are not prefetched), else byte loads,
+    one step ahead where `prefetch_scales` allows."""
+    words = scale_words(cfg, words_layout)
+    return words, not words and prefetch_scales(cfg, nibble_quads)
