@@ -292,8 +292,8 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
     counter = stream = None
     if plan.one_launch:
         cuda = dev.type == "cuda"
-        stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else None
-        counter = barrier_counter(dev, stream or 0, cuda and torch.cuda.is_current_stream_capturing())
+        stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else 0
+        counter = barrier_counter(dev, stream, cuda and torch.cuda.is_current_stream_capturing())
         if counter is None:  # no barrier counter to be had: the two launches need none
             plan = make_routing_plan(*plan_args, 0)
     ws = torch.empty(plan.total, dtype=torch.int32, device=dev)
