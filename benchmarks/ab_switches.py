@@ -1,0 +1,128 @@
+"""A/B timing of module switches on the gpt-oss MoE layer, in one process (H100).
+
+    python benchmarks/ab_switches.py --switch matmul_ogs.EARLY_TRIGGER,matmul_ogs.PREFETCH_W_BEFORE_WAIT \
+        [--experts 32,128] [--tokens 1,8,64] [--layout default] [--rounds 2] [--out ab.json]
+
+For every shape it times the graphed layer (routing + gate_up + down, bench_moe's method: at shapes
+where one call's experts would stay in L2, COLD_SETS calls routed to different experts back to back)
+once per variant, in rounds that alternate the variants so that drift between them shows: variant
+"on" leaves the switches as the package ships them, "off" sets every listed switch to False, and
+"only:<name>" keeps just that one on. The check before timing is bench_matmul.check (NaN-poisoned
+outputs, float64 MoE) at T = 1 and 512 under every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_matmul as bm  # noqa: E402
+import bench_moe  # noqa: E402
+
+from triton_kernels.routing import routing  # noqa: E402
+
+
+def _switches(spec: str) -> list[tuple[object, str]]:
+    out = []
+    for item in spec.split(","):
+        module, name = item.rsplit(".", 1)
+        mod = importlib.import_module(f"triton_kernels.{module}")
+        if not isinstance(getattr(mod, name), bool):
+            raise SystemExit(f"ab_switches: {item} is not a bool switch")
+        out.append((mod, name))
+    return out
+
+
+def _variants(switches) -> dict[str, dict]:
+    shipped = {(m, n): getattr(m, n) for m, n in switches}
+    variants = {"on": shipped, "off": {key: False for key in shipped}}
+    if len(switches) > 1:
+        for m, n in switches:
+            variants[f"only:{n}"] = {key: key == (m, n) and shipped[key] for key in shipped}
+    return variants
+
+
+def _apply(setting: dict) -> None:
+    for (mod, name), value in setting.items():
+        setattr(mod, name, value)
+
+
+def layer_us(layer: bm.Layer, n_tokens: int) -> float:
+    """bench_moe.bench_shape's layer number (cold sets where it uses them)."""
+    torch.manual_seed(n_tokens)
+    h = torch.empty(n_tokens * bm.TOPK, bm.INTER, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(n_tokens, bm.HIDDEN, device="cuda", dtype=torch.bfloat16)
+    n_sets = bench_moe.COLD_SETS if n_tokens * bm.TOPK <= 2 * layer.n_expts else 1
+    sets = []
+    for i in range(n_sets):
+        x = torch.randn(n_tokens, bm.HIDDEN, device="cuda").bfloat16()
+        logits = (bm.cold_logits(n_tokens, layer.n_expts, i) if n_sets > 1
+                  else torch.randn(n_tokens, layer.n_expts, device="cuda")).bfloat16()
+        sets.append((x, logits))
+
+    def call():
+        for x, logits in sets:
+            rd, gi, si = routing(logits, bm.TOPK)
+            layer.down(layer.gate_up(x, rd, gi, y=h), rd, si, y=out)
+
+    return bench_moe.median_us(call, graph=True) / n_sets
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--switch", required=True, help="comma-separated module.NAME bool switches of triton_kernels")
+    ap.add_argument("--experts", default="32,128")
+    ap.add_argument("--tokens", default="1,8,64")
+    ap.add_argument("--layout", default="default")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default="ab_switches.json")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU")
+        return 2
+    variants = _variants(_switches(args.switch))
+    shipped = variants["on"]
+    report = {**bm.report_header(), "switches": args.switch, "rows": [], "checks": []}
+    print(f"# {report['device']}, commit {report['commit']}, {report['date']}; switches {args.switch}", flush=True)
+    ok = True
+    for n_expts in map(int, args.experts.split(",")):
+        layer = bm.Layer(n_expts, args.layout)
+        for name, setting in variants.items():
+            _apply(setting)
+            for n_tokens in (1, 512):
+                res = bm.check(layer, n_tokens, seed=100 + n_tokens)
+                res["variant"] = name
+                report["checks"].append(res)
+                ok &= res["ok"]
+                print(f"check E={n_expts} T={n_tokens} {name}: {res['layer_rel_err_vs_float64']:.2e} "
+                      f"{'OK' if res['ok'] else 'FAIL'}", flush=True)
+        for n_tokens in map(int, args.tokens.split(",")):
+            row = {"n_expts": n_expts, "n_tokens": n_tokens, "layout": args.layout}
+            for r in range(args.rounds):
+                for name, setting in variants.items():
+                    _apply(setting)
+                    row.setdefault(name, []).append(layer_us(layer, n_tokens))
+            report["rows"].append(row)
+            print(f"E={n_expts} T={n_tokens}: " + ", ".join(
+                f"{name} {' / '.join(f'{v:.1f}' for v in row[name])}" for name in variants), flush=True)
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=1)
+        del layer
+        torch.cuda.empty_cache()
+    _apply(shipped)
+    report["all_checks_ok"] = ok
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"checks {'all OK' if ok else 'FAILED'}; wrote {args.out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
