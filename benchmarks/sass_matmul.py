@@ -34,10 +34,9 @@ _NONE = {"act_arg2", "act_arg3"}
 
 
 def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90,
-                   split_k=1, chunk_m=0, tail_m=0, s_words=True, prefetch_w=False, early_trigger=False):
+                   split_k=1, chunk_m=0, tail_m=0, s_words=True):
     """chunk_m, tail_m: MatmulConfig.tail's two launches (0, 0: tiles of one size), see the kernel;
-    s_words: the scales read as whole words of the default (K-grouped) scale layout, as launched;
-    prefetch_w, early_trigger: the kernel's PREFETCH_W and EARLY_TRIGGER (PDL) switches."""
+    s_words: the scales read as whole words of the default (K-grouped) scale layout, as launched."""
     fn = _kernels._matmul_ogs_kernel
     names = fn.arg_names
     # the decoder preference a config names (the quads decoders come from the weight's layout)
@@ -51,7 +50,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
         DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
         MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=False, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
-        PREFETCH_S=prefetch_s, S_WORDS=words_on, PREFETCH_W=prefetch_w, EARLY_TRIGGER=early_trigger,
+        PREFETCH_S=prefetch_s, S_WORDS=words_on,
     )
     if not gate_up:
         constexprs.update(act_arg0=None, act_arg1=None)

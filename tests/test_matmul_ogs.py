@@ -439,22 +439,6 @@ def test_small_scale_check_is_cached_and_sees_in_place_writes():
     assert _scales_at_most_128(torch.empty((0, 8), dtype=torch.uint8))
 
 
-def test_tile_map_is_ready_only_after_a_launch_on_the_same_stream_and_no_torch_write():
-    """matmul_ogs reads a tile map before its PDL wait only where an earlier launch on the same stream
-    read it (that launch waited for the routing) and torch has not written it since."""
-    import triton_kernels.matmul_ogs as mo
-    rd, _gi, _si, _ = routing_for(9, 4, 2, 0)
-    ed = rd.expt_data
-    assert not mo._map_ready(ed, 7)
-    mo._mark_map_read(ed, 7)
-    assert mo._map_ready(ed, 7) and not mo._map_ready(ed, 8)
-    ed.block_pid_map[64].add_(0)  # an in-place write by torch: the routing may have been rewritten
-    assert not mo._map_ready(ed, 7)
-    mo._mark_map_read(ed, 7)
-    ed.token_offs_raw.add_(0)
-    assert not mo._map_ready(ed, 7)
-
-
 def test_scale_255_gives_nan_and_zero_block(device):
     x = torch.ones(2, 64, device=device).bfloat16()
     codes = torch.full((32, 4), 0x22, dtype=torch.uint8, device=device)  # both nibbles 1.0
@@ -630,53 +614,6 @@ def test_gpu_tiles_sized_per_expert_gpt_oss(n_expts, n_tokens, cfg, layout_name)
     assert rel_err(h, matmul_ogs_torch(x, w1, b1, rd, **gate_up)) <= 1e-2
     out = matmul_ogs(h, w2, b2, rd, config=cfg, **down)
     assert rel_err(out, matmul_ogs_torch(h, w2, b2, rd, **down)) <= 1e-2
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("n_expts,n_tokens,cfg", [(32, 1, None), (128, 8, None), (128, 512, _TAIL_32),
-                                                  (32, 4096, None)])
-@pytest.mark.parametrize("layout_name", ["default", "hopper"])
-def test_gpu_weight_prefetch_and_early_trigger_change_nothing(monkeypatch, n_expts, n_tokens, cfg, layout_name):
-    """PDL at gpt-oss sizes: with the early trigger and the L2 prefetch of the weights before the wait
-    (taken by the down projection, whose tile map gate_up has read on the same stream; K splits at
-    T = 1, two launches with tails at E = 128, T = 512), gate_up and down give bit for bit what they
-    give with both off; gate_up (its map written by the routing right before it) never prefetches."""
-    import triton_kernels.matmul_ogs as mo
-    from triton_kernels.routing import routing
-    device, hidden, inter, k = "cuda", 2880, 2880, 4
-    torch.manual_seed(n_tokens + n_expts)
-    x = torch.randn(n_tokens, hidden, device=device).bfloat16()
-    logits = torch.randn(n_tokens, n_expts, device=device)
-    c1, s1 = mx_weight(n_expts, hidden, 2 * inter, 1, device)
-    c2, s2 = mx_weight(n_expts, inter, hidden, 2, device)
-    w1, ws1 = as_weight(c1, s1, layout_name)
-    w2, ws2 = as_weight(c2, s2, layout_name)
-    b1 = torch.randn(n_expts, 2 * inter, device=device)
-    b2 = torch.randn(n_expts, hidden, device=device)
-    taken = []
-    real_ok = mo._prefetch_w_ok
-    monkeypatch.setattr(mo, "_prefetch_w_ok", lambda p, decode, ready: taken.append((p.gather is not None, real_ok(p, decode, ready))) or taken[-1][1])
-
-    def layer():
-        rd, gi, si = routing(logits, k)
-        h = matmul_ogs(x, w1, b1, rd, gather_indx=gi, precision_config=PrecisionConfig(weight_scale=ws1),
-                       fused_activation=SWIGLU, config=cfg)
-        out = matmul_ogs(h, w2, b2, rd, scatter_indx=si, precision_config=PrecisionConfig(weight_scale=ws2),
-                         gammas=rd.gate_scal, config=cfg)
-        return h, out, rd, si
-
-    monkeypatch.setattr(mo, "EARLY_TRIGGER", False)
-    monkeypatch.setattr(mo, "PREFETCH_W_BEFORE_WAIT", False)
-    h_off, out_off, _, _ = layer()
-    monkeypatch.setattr(mo, "EARLY_TRIGGER", True)
-    monkeypatch.setattr(mo, "PREFETCH_W_BEFORE_WAIT", True)
-    taken.clear()
-    h_on, out_on, rd, si = layer()
-    assert taken and all(ok != gathered for gathered, ok in taken), taken  # down prefetched, gate_up did not
-    assert torch.equal(h_on, h_off) and torch.equal(out_on, out_off)
-    ref = matmul_ogs_torch(h_on, w2, b2, rd, scatter_indx=si, precision_config=PrecisionConfig(weight_scale=ws2),
-                           gammas=rd.gate_scal)
-    assert rel_err(out_on, ref) <= 1e-2
 
 
 @pytest.mark.gpu

@@ -443,40 +443,6 @@ def _pdl_ok() -> bool:
     return not target.interpreter and target.capability is not None and target.capability >= (9, 0)
 
 
-# Programmatic dependent launch (sm_90+): a kernel triggers its successor's launch once it has waited
-# for its predecessor (EARLY_TRIGGER), and a routed or dense call whose weights are nibble quads asks
-# L2 for its weight slab before that wait (PREFETCH_W_BEFORE_WAIT), so at decode the second matmul's
-# weights stream in while the first one runs. Switches for benchmarks.
-EARLY_TRIGGER = True
-PREFETCH_W_BEFORE_WAIT = True
-
-
-def _map_versions(expt_data) -> tuple:
-    maps = expt_data.block_pid_map
-    return (expt_data.token_offs_raw._version,) + tuple(maps[bm]._version for bm in sorted(maps))
-
-
-def _map_ready(expt_data, stream: int) -> bool:
-    """Whether a kernel may read expt_data's offsets and tile maps before its PDL wait: an earlier
-    matmul_ogs launch on the same stream read them (`_mark_map_read`) and torch has not written
-    them since. That launch waited for the kernel before it, i.e. for everything before it on the
-    stream (each of our kernels waits before it completes or triggers), and every later kernel of
-    the stream starts after it triggered; so the routing that wrote the tensors has finished."""
-    return getattr(expt_data, "_triton_kernels_map_read", None) == (stream, _map_versions(expt_data))
-
-
-def _mark_map_read(expt_data, stream: int) -> None:
-    expt_data._triton_kernels_map_read = (stream, _map_versions(expt_data))
-
-
-def _prefetch_w_ok(p: _Problem, decode: int, map_ready: bool) -> bool:
-    """PREFETCH_W: nibble-quads weights whose rows are 16-byte aligned (one bulk L2 request per row),
-    and a tile map that may be read before the PDL wait (dense calls have none)."""
-    a = p.w.addressing
-    return (PREFETCH_W_BEFORE_WAIT and decode >= 3 and (map_ready or not p.routed) and p.w.data.data_ptr() % 16 == 0
-            and a.stride_n % 16 == 0 and a.stride_e % 16 == 0)
-
-
 def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
     """Nibble-quads weights (HopperMXValueLayout) are read only by the swapped main loop, in K steps
     of whole 64-value blocks: a config is run swapped, with block_k rounded up to a multiple of 64
@@ -555,8 +521,6 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         *args,
     )
     pdl = _pdl_ok()
-    stream = torch.cuda.current_stream(x.device).cuda_stream if pdl and p.routed else 0
-    map_ready = pdl and p.routed and _map_ready(expt_data, stream)
     constexprs = dict(
         ACT_FN=p.act_fn, N_ACT_ARGS=len(p.act_args), REDUCTION_N=p.reduction_n,
         W_MX=p.ws is not None, W_KG=wa.k_group, WS_KG=sa.k_group if sa else 1,
@@ -566,15 +530,12 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
         SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
         CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
-        EARLY_TRIGGER=pdl and EARLY_TRIGGER,
     )
     words_layout = _grouped_scale_words(p)
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
         s_words, prefetch_s = scale_loads(part, words_layout, p.w.addressing.nibble_quads)
-        decode = _decoder(part, p)
         tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
-                    SWAP_XW=bool(part.swap_xw), DECODE=decode, S_WORDS=s_words, PREFETCH_S=prefetch_s,
-                    PREFETCH_W=pdl and _prefetch_w_ok(p, decode, map_ready))
+                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words, PREFETCH_S=prefetch_s)
         grid = (n_tiles_m * triton.cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, **tile, FINISH_SPLIT=False,
@@ -586,8 +547,6 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         else:
             _matmul_ogs_kernel[grid](*launch_args, **constexprs, **tile, launch_pdl=pdl,
                                      num_warps=part.num_warps, num_stages=part.num_stages)
-    if pdl and p.routed and n_tiles_m and n_tiles_n and p.batch:  # a kernel was launched: it waits
-        _mark_map_read(expt_data, stream)
     if p.scatter is None:
         return out
     y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)

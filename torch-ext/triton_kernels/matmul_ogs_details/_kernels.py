@@ -527,62 +527,6 @@ def _linear_epilogue(acc, bias_ptr, Betas, Gammas, out_alpha, offs_m, mask_m, of
 
 
 @triton.jit
-def _routed_tile(BlockPidMap, TokenOffs, pid_m, MAP_BLOCK_M: tl.constexpr, BLOCK_M: tl.constexpr,
-                 CHUNK_M: tl.constexpr, TAIL_M: tl.constexpr):
-    """Routed row tile pid_m: (whether this program works on it, its expert, its first row, the
-    expert's end row). Routing tabulates tiles of MAP_BLOCK_M rows; a taller tile (or chunk) is
-    RATIO of them, so only the program holding the first of each run works. With CHUNK_M > 0
-    (`_matmul_ogs_kernel`) the launch with BLOCK_M == TAIL_M takes the chunks of at most TAIL_M
-    rows, the other launch the rest."""
-    packed = tl.load(BlockPidMap + pid_m)
-    works = packed != -1
-    expt = packed & 0xFFFF
-    block = packed >> 16
-    RATIO: tl.constexpr = (CHUNK_M if CHUNK_M > 0 else BLOCK_M) // MAP_BLOCK_M
-    if RATIO > 1:
-        works = works & (block % RATIO == 0)
-        block = block // RATIO
-    row_start = tl.load(TokenOffs + expt, mask=works, other=0)
-    row_end = tl.load(TokenOffs + expt + 1, mask=works, other=0)
-    if CHUNK_M > 0:
-        row_start += block * CHUNK_M
-        block = 0
-        if BLOCK_M == TAIL_M:
-            works = works & (row_end - row_start <= TAIL_M)
-        else:
-            works = works & (row_end - row_start > TAIL_M)
-    return works, expt, row_start + block * BLOCK_M, row_end
-
-
-# one request for a whole row's bytes (16-byte aligned address and size): the copy engine fetches
-# them into L2 while the program goes on
-_BULK_PREFETCH_L2_PTX: tl.constexpr = tl.constexpr("cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;")
-
-
-@triton.jit
-def _prefetch_tile_l2(W, stride_w_e, stride_w_n, BlockPidMap, TokenOffs, pid_m, pid_n, pid_b, N, k_start, k_end,
-                      ROUTED: tl.constexpr, MAP_BLOCK_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      CHUNK_M: tl.constexpr, TAIL_M: tl.constexpr):
-    """Ask L2 for the nibble-quads weight bytes of tile (pid_m, pid_n) over K values [k_start, k_end)
-    (a column's K values in 32-byte blocks of 64, one request per column; the host checks that
-    W, its expert and column strides are 16-byte aligned). Nothing for a routed tile no program
-    works on."""
-    if ROUTED:
-        works, expt, _first, _end = _routed_tile(BlockPidMap, TokenOffs, pid_m, MAP_BLOCK_M, BLOCK_M, CHUNK_M,
-                                                 TAIL_M)
-    else:
-        works = True
-        expt = pid_b
-    lo = (k_start // 64) * 32
-    n_bytes = tl.cdiv(k_end, 64) * 32 - lo
-    if works and n_bytes > 0:
-        cols = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
-        rows = W.to(tl.pointer_type(tl.uint8)) + expt.to(tl.int64) * stride_w_e + lo + cols.to(tl.int64) * stride_w_n
-        tl.inline_asm_elementwise(_BULK_PREFETCH_L2_PTX, "=r,l,r", [rows, tl.zeros_like(cols) + n_bytes],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _matmul_ogs_kernel(
     Y, stride_y_b, stride_y_m, stride_y_n,
     X, stride_x_b, stride_x_m, stride_x_k,
@@ -603,8 +547,7 @@ def _matmul_ogs_kernel(
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
     PDL: tl.constexpr = False, CHUNK_M: tl.constexpr = 0, TAIL_M: tl.constexpr = 0,
-    PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False, PREFETCH_W: tl.constexpr = False,
-    EARLY_TRIGGER: tl.constexpr = False,
+    PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
@@ -612,45 +555,44 @@ def _matmul_ogs_kernel(
     epilogue. With LINEAR_SPLITS (linear epilogue under a scatter) each split applies the epilogue
     itself and the top-k reduce adds the partials instead (no finishing launch).
     PDL (programmatic dependent launch, sm_90): the program may start while the previous kernel of
-    the stream is finishing; it waits for that kernel before touching memory (but with PREFETCH_W
-    first asks L2 for its nibble-quads weights, which that kernel does not write), and lets the
-    next kernel start once its own main loop is done (EARLY_TRIGGER: once it has waited, so the
-    next kernel's programs can prefetch their weights while this one runs).
+    the stream is finishing; it waits for that kernel before touching memory, and lets the next
+    kernel start once its own main loop is done.
     CHUNK_M > 0 (routed, tiles sized per expert): each expert's rows are cut into chunks of CHUNK_M
     rows and two launches share them: the one with BLOCK_M == CHUNK_M takes the chunks holding more
     than TAIL_M rows, the one with BLOCK_M == TAIL_M the chunks holding at most TAIL_M rows (an
     expert's last chunk only), so a short tail does not pay for a tall tile's MMA nor a nearly
     full chunk for two tiles' weight decodes."""
+    if PDL:
+        gdc_wait()
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
     pid_b = tl.program_id(1).to(tl.int64)
-    if SPLIT_K > 1:
-        # split s covers whole BLOCK_K steps [s*steps, (s+1)*steps); only the last can have a K tail
-        steps = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
-        k_start = tl.program_id(2) * steps * BLOCK_K
-        k_end = tl.minimum(K, k_start + steps * BLOCK_K)
-    else:
-        k_start = 0
-        k_end = K
-    if PDL:
-        if PREFETCH_W and not FINISH_SPLIT:
-            # while the previous kernel finishes, L2 fetches this program's weights (they do not
-            # depend on it; the host sets PREFETCH_W for routed calls only where the tile map was
-            # complete before the previous kernel started, see matmul_ogs._map_ready)
-            _prefetch_tile_l2(W, stride_w_e, stride_w_n, BlockPidMap, TokenOffs, pid_m, pid_n, pid_b, N, k_start,
-                              k_end, ROUTED, MAP_BLOCK_M, BLOCK_M, BLOCK_N, CHUNK_M, TAIL_M)
-        gdc_wait()
-        if EARLY_TRIGGER:
-            # the next kernel may start now: its programs take SM slots only once all of ours have
-            # started, and it waits for our results before reading them
-            gdc_launch_dependents()
 
     if ROUTED:
-        works, expt, first_row, row_end = _routed_tile(BlockPidMap, TokenOffs, pid_m, MAP_BLOCK_M, BLOCK_M, CHUNK_M,
-                                                       TAIL_M)
-        if not works:
+        packed = tl.load(BlockPidMap + pid_m)
+        if packed == -1:
             return
-        offs_m = first_row + tl.arange(0, BLOCK_M)
+        expt = packed & 0xFFFF
+        block = packed >> 16
+        # routing tabulates tiles of MAP_BLOCK_M rows; a taller tile (or chunk) is RATIO of them, so
+        # only the program holding the first of each run works (the others leave at once)
+        RATIO = (CHUNK_M if CHUNK_M > 0 else BLOCK_M) // MAP_BLOCK_M  # a constexpr
+        if RATIO > 1:
+            if block % RATIO != 0:
+                return
+            block = block // RATIO
+        row_start = tl.load(TokenOffs + expt)
+        row_end = tl.load(TokenOffs + expt + 1)
+        if CHUNK_M > 0:
+            row_start += block * CHUNK_M
+            block = 0
+            if BLOCK_M == TAIL_M:
+                if row_end - row_start > TAIL_M:
+                    return
+            else:
+                if row_end - row_start <= TAIL_M:
+                    return
+        offs_m = row_start + block * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < row_end
         expt = expt.to(tl.int64)
     else:
@@ -683,6 +625,14 @@ def _matmul_ogs_kernel(
         for split in tl.static_range(SPLIT_K):
             acc += tl.load(p_ptrs + split * stride_p_s, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
     else:
+        if SPLIT_K > 1:
+            # split s covers whole BLOCK_K steps [s*steps, (s+1)*steps); only the last can have a K tail
+            steps = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+            k_start = tl.program_id(2) * steps * BLOCK_K
+            k_end = tl.minimum(K, k_start + steps * BLOCK_K)
+        else:
+            k_start = 0
+            k_end = K
         if SWAP_XW:
             acc = _swapped_mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
                                     W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
@@ -695,7 +645,7 @@ def _matmul_ogs_kernel(
                             WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
                             offs_n_safe, mask_n, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
                             BLOCK_M, BLOCK_N, BLOCK_K)
-        if PDL and not EARLY_TRIGGER:
+        if PDL:
             gdc_launch_dependents()
         if SPLIT_K > 1:
             if LINEAR_SPLITS:
