@@ -1,6 +1,6 @@
 """A/B timing of module switches on the gpt-oss MoE layer, in one process (H100).
 
-    python benchmarks/ab_switches.py --switch matmul_ogs.EARLY_TRIGGER,matmul_ogs.PREFETCH_W_BEFORE_WAIT \
+    python benchmarks/ab_switches.py --switch routing_details.ONE_LAUNCH,routing_details.PDL \
         [--experts 32,128] [--tokens 1,8,64] [--layout default] [--rounds 2] [--out ab.json]
 
 For every shape it times the graphed layer (routing + gate_up + down, bench_moe's method: at shapes

@@ -81,6 +81,13 @@ FILL_PREFILL = [C(256, 128, 64, 8, 8, 3, True), C(256, 128, 64, 8, 8, 3, True, t
                 C(128, 128, 64, 8, 4, 4, True, tail=C(32, 64, 128, 4, 4, 3, True)),
                 C(128, 128, 64, 8, 4, 4, True, tail=C(32, 64, 256, 1, 4, 3, True))]
 
+# Decode tiles on 1-2 warps: Triton then takes mma.sync instead of wgmma (no warp-group fences or
+# descriptor work per MMA; offline 3.24-3.55 SASS per weight value against 3.73, NOTES section 17)
+SMALL_WARPS = [C(16, 64, 256, 1, 2, 3, True), C(16, 64, 256, 1, 2, 4, True), C(16, 64, 128, 1, 2, 4, True),
+               C(16, 128, 256, 1, 2, 3, True), C(16, 32, 256, 1, 1, 3, True), C(16, 32, 256, 1, 1, 4, True),
+               C(16, 64, 256, 1, 1, 3, True), C(16, 64, 256, 1, 2, 3, True, "ptx", 2),
+               C(16, 32, 256, 1, 1, 3, True, "ptx", 2), C(16, 64, 256, 1, 2, 4, True, "ptx", 2)]
+
 
 def candidates(rows_per_expt, which="all"):
     if rows_per_expt <= 16:
@@ -91,6 +98,8 @@ def candidates(rows_per_expt, which="all"):
         regime, fill = MID, FILL_MID
     else:
         regime, fill = PREFILL, FILL_PREFILL
+    if which == "warps":
+        return SMALL_WARPS
     return fill if which == "fill" else regime + [c for c in fill if c not in regime]
 
 
@@ -142,8 +151,9 @@ def main():
     ap.add_argument("--cold-sets", type=int, default=8,
                     help="for T <= 8, time R calls in one graph, each routed to other experts (weights read "
                          "from DRAM as in a model of many layers, not from L2); 0: one repeated call")
-    ap.add_argument("--candidates", choices=["all", "fill"], default="all",
-                    help="fill: only the default config and the tile-height / tiles-per-expert candidates")
+    ap.add_argument("--candidates", choices=["all", "fill", "warps"], default="all",
+                    help="fill: only the default config and the tile-height / tiles-per-expert candidates; "
+                         "warps: the default and decode tiles on 1-2 warps (mma.sync)")
     args = ap.parse_args()
     t_start = time.time()
     buf = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
