@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from triton_kernels.matmul_ogs_details import _kernels  # noqa: E402
-from triton_kernels.matmul_ogs_details.configs import MatmulConfig, scale_loads  # noqa: E402
+from triton_kernels.matmul_ogs_details.configs import MatmulConfig, scale_loads, tail_in_64_steps  # noqa: E402
 from triton_kernels.swiglu import swiglu_fn  # noqa: E402
 
 _POINTERS = {"Y": "*bf16", "X": "*bf16", "W": "*u8", "WS": "*u8", "Bias": "*fp32", "Betas": "*fp32",
@@ -34,9 +34,10 @@ _NONE = {"act_arg2", "act_arg3"}
 
 
 def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90,
-                   split_k=1, chunk_m=0, tail_m=0, s_words=True):
+                   split_k=1, chunk_m=0, tail_m=0, s_words=True, tail_64=None):
     """chunk_m, tail_m: MatmulConfig.tail's two launches (0, 0: tiles of one size), see the kernel;
-    s_words: the scales read as whole words of the default (K-grouped) scale layout, as launched."""
+    s_words: the scales read as whole words of the default (K-grouped) scale layout, as launched;
+    tail_64: the K tail as 64-deep steps (default: as launched at gpt-oss's K = 2880, `tail_in_64_steps`)."""
     fn = _kernels._matmul_ogs_kernel
     names = fn.arg_names
     # the decoder preference a config names (the quads decoders come from the weight's layout)
@@ -50,7 +51,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
         DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
         MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=False, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
-        PREFETCH_S=prefetch_s, S_WORDS=words_on,
+        PREFETCH_S=prefetch_s, S_WORDS=words_on, TAIL_64=tail_in_64_steps(cfg, 2880) if tail_64 is None else tail_64,
     )
     if not gate_up:
         constexprs.update(act_arg0=None, act_arg1=None)

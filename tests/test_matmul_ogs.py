@@ -413,6 +413,38 @@ def test_quads_layout_decodes_every_code_exactly(device, scale_values, kdim):
     torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("quads", [False, True])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_k_tail_in_64_deep_steps_decodes_exactly(device, monkeypatch, quads, split_k):
+    """K = 320 at block_k 256: the 64-value tail runs as an unmasked 64-deep step (TAIL_64) with
+    byte scales, alone in the second split when split 2; x = identity, so out = the weight, bit
+    for bit, in the nibble-quads layout (scale words in the full step) and K-contiguous bytes
+    (word decoders). A spy checks the launch took that tail."""
+    import triton_kernels.matmul_ogs as mo
+    from triton_kernels.tensor import FP4, convert_layout, wrap_torch_tensor
+    from triton_kernels.tensor_details import layout
+
+    kdim, n = 320, 64
+    codes = torch.arange(n, dtype=torch.int32)[None, :] + 29 * torch.arange(kdim // 2)[:, None]
+    codes = codes.remainder(256).to(torch.uint8).t().contiguous().t()  # [K/2, N], K-contiguous
+    scales = torch.tensor([100, 117, 120, 126, 127, 128, 131, 160], dtype=torch.int32)[torch.arange(kdim // 32 * n) % 8]
+    scales = scales.reshape(n, kdim // 32).t().contiguous().to(torch.uint8)
+    if quads:
+        w = convert_layout(wrap_torch_tensor(codes.to(device), dtype=FP4), layout.HopperMXValueLayout, mx_axis=0)
+        ws = convert_layout(wrap_torch_tensor(scales.to(device)), layout.HopperMXScaleLayout, mx_axis=0, num_warps=8)
+    else:
+        w, ws = codes.to(device), scales.to(device)
+    taken = []
+    real = mo.tail_in_64_steps
+    monkeypatch.setattr(mo, "tail_in_64_steps", lambda cfg, k: taken.append(real(cfg, k)) or taken[-1])
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=256, group_m=1, num_warps=4, num_stages=2, swap_xw=True,
+                       decode="words", split_k=split_k)
+    x = torch.eye(kdim).bfloat16().to(device)
+    out = matmul_ogs(x, w, None, config=cfg, precision_config=PrecisionConfig(weight_scale=ws, out_dtype=torch.float32))
+    assert taken and all(taken)
+    torch.testing.assert_close(out.cpu().double(), dequant_reference(codes[None], scales[None])[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("swap_xw,block_k", [(False, 32), (True, 128)])
 def test_quads_layout_runs_any_config_swapped(device, swap_xw, block_k):
     """HopperMXValueLayout weights are read only by the swapped loop in 64-value K steps: a config

@@ -62,7 +62,8 @@ import triton
 from . import target_info
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
-from .matmul_ogs_details.configs import DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, scale_loads, split_k_for
+from .matmul_ogs_details.configs import (DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, scale_loads,
+                                         split_k_for, tail_in_64_steps)
 from .numerics import InFlexData, OutFlexData
 from .swiglu import swiglu_fn, swiglu_fn_torch
 
@@ -443,6 +444,9 @@ def _pdl_ok() -> bool:
     return not target.interpreter and target.capability is not None and target.capability >= (9, 0)
 
 
+K_TAIL_64_STEPS = True  # the K tail as 64-deep steps where `tail_in_64_steps` says (a switch for benchmarks)
+
+
 def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
     """Nibble-quads weights (HopperMXValueLayout) are read only by the swapped main loop, in K steps
     of whole 64-value blocks: a config is run swapped, with block_k rounded up to a multiple of 64
@@ -535,7 +539,8 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
         s_words, prefetch_s = scale_loads(part, words_layout, p.w.addressing.nibble_quads)
         tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
-                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words, PREFETCH_S=prefetch_s)
+                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words, PREFETCH_S=prefetch_s,
+                    TAIL_64=K_TAIL_64_STEPS and tail_in_64_steps(part, p.k))
         grid = (n_tiles_m * triton.cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, **tile, FINISH_SPLIT=False,

@@ -450,7 +450,8 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                       offs_n_safe, k_start, K, W_MX: tl.constexpr, W_KG: tl.constexpr,
                       WS_KG: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      DECODE: tl.constexpr = 0, PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False):
+                      DECODE: tl.constexpr = 0, PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False,
+                      TAIL_64: tl.constexpr = False):
     """acc [BLOCK_M, BLOCK_N] over k in [k_start, K), computed transposed:
     acc^T = w^T [BLOCK_N, BLOCK_K] @ x^T [BLOCK_K, BLOCK_M].
 
@@ -463,7 +464,9 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     nibble-quads storage of HopperMXValueLayout, as [BLOCK_N, BLOCK_K/4] 16-bit words (the quads
     decoders, which the host picks for that layout alone; no conversion of the tile); nibbles come out in
     K order, so x needs no de-interleave and one dot covers BLOCK_K. Full K steps run unmasked;
-    a K that is not a multiple of BLOCK_K gets one masked tail step.
+    a K that is not a multiple of BLOCK_K gets one masked tail step, or with TAIL_64 (the host's
+    promise that K is a multiple of 64) unmasked 64-deep steps: gpt-oss's K = 2880 leaves 64
+    after 11 steps of 256, and a masked 256-deep step decoded four times the weights it used.
     """
     xt_base = X + x_rows[None, :] * stride_x_m
     w_base = W + offs_n_safe[:, None] * stride_w_n
@@ -497,12 +500,21 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
         acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_step, stride_w_kg,
                             stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     if k_full < K:
-        s_tail = 0
-        if W_MX:
-            s_tail = _step_scales(s_base, s32_base, k_full, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K,
-                                  True, S_WORDS)
-        acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s_tail, stride_w_kg,
-                            stride_w_ki, K, True, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
+        if TAIL_64:
+            for k0 in tl.range(k_full, K, 64, num_stages=1):  # at most BLOCK_K / 64 - 1 steps, not pipelined
+                s_tail = 0
+                if W_MX:  # 2 scales per column: bytes (a scale word spans 128 K values)
+                    s_tail = _step_scales(s_base, s32_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, 64,
+                                          False, False)
+                acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_tail, stride_w_kg,
+                                    stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, 64)
+        else:
+            s_tail = 0
+            if W_MX:
+                s_tail = _step_scales(s_base, s32_base, k_full, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64,
+                                      BLOCK_K, True, S_WORDS)
+            acc = _swapped_step(acc, k_full, xt_base, mask_x, stride_x_k, w_base, w32_base, s_tail, stride_w_kg,
+                                stride_w_ki, K, True, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
     return tl.trans(acc)
 
 
@@ -547,7 +559,7 @@ def _matmul_ogs_kernel(
     SWAP_XW: tl.constexpr = False, DECODE: tl.constexpr = 0, SPLIT_K: tl.constexpr = 1,
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
     PDL: tl.constexpr = False, CHUNK_M: tl.constexpr = 0, TAIL_M: tl.constexpr = 0,
-    PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False,
+    PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False, TAIL_64: tl.constexpr = False,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
@@ -638,7 +650,7 @@ def _matmul_ogs_kernel(
                                     W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
                                     WS + expt * stride_ws_e, stride_ws_kg, stride_ws_ki, stride_ws_n,
                                     offs_n_safe, k_start, k_end, W_MX, W_KG, WS_KG, DOT_F32, INDEX_64,
-                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE, PREFETCH_S, S_WORDS)
+                                    BLOCK_M, BLOCK_N, BLOCK_K, DECODE, PREFETCH_S, S_WORDS, TAIL_64)
         else:
             acc = _mainloop(X + pid_b * stride_x_b, x_rows, mask_x, stride_x_m, stride_x_k,
                             W + expt * stride_w_e, stride_w_kg, stride_w_ki, stride_w_n,
