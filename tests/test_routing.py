@@ -2,6 +2,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -352,6 +353,43 @@ def test_routing_one_launch_falls_back_to_two_launches_without_a_counter(device,
         launched.clear()
         assert_routing_equal(*run_both(logits, 4))
         assert launched == kernels
+
+
+def test_routing_cooperative_launch_refused_falls_back_for_good(device, poisoned_workspace, monkeypatch):
+    """Where the driver refuses the cooperative launch (what Triton's launcher raises for
+    CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE), the call warns and is redone in two launches, with the
+    right result; later calls take two launches without trying again. Other errors are raised."""
+    from triton_kernels import target_info
+    monkeypatch.setattr(routing_details, "_COOPERATIVE_REFUSED", False)
+    monkeypatch.setattr(target_info, "cooperative_grid", lambda: True)
+    monkeypatch.setattr(target_info, "num_sms", lambda: 1)
+    monkeypatch.setattr(routing_details, "_target_programs", lambda: 1)
+    launched = []
+    real_launch = routing_details._launch
+
+    def launch(fn, *args, cooperative=False, **kwargs):
+        launched.append((fn.__name__, cooperative))
+        if cooperative:
+            raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+        return real_launch(fn, *args, cooperative=cooperative, **kwargs)
+
+    monkeypatch.setattr(routing_details, "_launch", launch)
+    logits = torch.randn(20, 64, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16).to(device)
+    with pytest.warns(RuntimeWarning, match="refused a cooperative launch"):
+        assert_routing_equal(*run_both(logits, 4))
+    assert launched == [("routing_rows_kernel", True), ("routing_rows_kernel", False), ("routing_place_kernel", False)]
+    launched.clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert_routing_equal(*run_both(logits, 4))
+    assert not [w for w in seen if "cooperative" in str(w.message)]
+    assert launched == [("routing_rows_kernel", False), ("routing_place_kernel", False)]
+    # any other error of the cooperative launch is raised as it is, and changes nothing
+    monkeypatch.setattr(routing_details, "_COOPERATIVE_REFUSED", False)
+    monkeypatch.setattr(routing_details, "_launch", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):
+        routing_details.routing_triton(logits, 4, False, None, 1, None)
+    assert not routing_details._COOPERATIVE_REFUSED
 
 
 def test_grid_counters_pool(monkeypatch):

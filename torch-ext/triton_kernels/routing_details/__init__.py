@@ -43,13 +43,16 @@ Two paths:
   GPU): `routing_rows_kernel` launched as a cooperative grid; after its counts rows are stored,
   every program waits at a grid barrier, then does the placement's work for its own rows from
   registers and its share of ExptData. The barrier's counter comes from `_grid_counters` (never
-  reset: each call adds a fixed stride); where none can be had, the call takes two launches.
+  reset: each call adds a fixed stride); where none can be had, the call takes two launches. Where
+  the driver refuses the cooperative launch (e.g. a process under MPS that sees fewer SMs than the
+  probe counted), the call is redone in two launches, with a warning, and so are all later calls.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import torch
 import triton
@@ -253,14 +256,15 @@ def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int
     an eager routing call's host time). `key` must hold everything Triton specializes on: the
     constexprs, dtypes, the pointer alignments and the specialized integer arguments (strides).
     launch_pdl: launch as a programmatic dependent of the previous kernel; cooperative: as a
-    cooperative grid (all programs resident at once; both are compile options, so the compiled
-    kernel's launcher keeps them). stream: the current stream where the caller has it already."""
+    cooperative grid on CUDA (all programs resident at once; both are compile options, so the
+    compiled kernel's launcher keeps them). stream: the current stream where the caller has it
+    already."""
     hit = _COMPILED.get(key) if FAST_LAUNCH else None
     if hit is None:
         kwargs = dict(zip(fn.arg_names[len(args):], consts))
         if launch_pdl:
             kwargs["launch_pdl"] = True
-        if cooperative:
+        if cooperative and device.type == "cuda":
             kwargs["launch_cooperative_grid"] = True
         compiled = fn[(n_programs,)](*args, **kwargs, num_warps=num_warps)
         if FAST_LAUNCH and device.type == "cuda" and hasattr(compiled, "packed_metadata"):
@@ -276,8 +280,20 @@ def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int
     hit.run(n_programs, 1, 1, stream, hit.function, hit.packed_metadata, meta, enter, leave, *args, *consts)
 
 
+_COOPERATIVE_REFUSED = False  # the driver refused a cooperative launch in this process (e.g. under MPS)
+
+
 def _one_launch_programs() -> int:
-    return target_info.num_sms() if ONE_LAUNCH and target_info.cooperative_grid() else 0
+    usable = ONE_LAUNCH and not _COOPERATIVE_REFUSED and target_info.cooperative_grid()
+    return target_info.num_sms() if usable else 0
+
+
+def _refuse_one_launch(err: RuntimeError) -> None:
+    """After the driver refused a cooperative launch: warn once, and take two launches from then on."""
+    global _COOPERATIVE_REFUSED
+    _COOPERATIVE_REFUSED = True
+    warnings.warn(f"routing: the GPU refused a cooperative launch ({err}); routing takes two launches "
+                  "from now on in this process", RuntimeWarning, stacklevel=3)
 
 
 def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simulated_ep: int, n_rows):
@@ -321,9 +337,15 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
             consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
                       min(plan.e_pad, RANK_BLOCK_MAX), pdl and not plan.one_launch, plan.one_launch, plan.part_rows,
                       plan.tile_block, plan.packed_scans)
-            _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
-                    (logits, sx0, sx1, ws, n_rows_ptr, counter, n_tokens, n_expts, n_local, n_rows_val), consts,
-                    plan.num_warps, dev, cooperative=plan.one_launch and dev.type == "cuda", stream=stream)
+            try:
+                _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
+                        (logits, sx0, sx1, ws, n_rows_ptr, counter, n_tokens, n_expts, n_local, n_rows_val), consts,
+                        plan.num_warps, dev, cooperative=plan.one_launch, stream=stream)
+            except RuntimeError as err:
+                if not plan.one_launch or not str(err).startswith("Triton Error [CUDA]"):  # the driver's refusal
+                    raise
+                _refuse_one_launch(err)  # e.g. fewer SMs than the probe saw (MPS): the same call in two launches
+                return routing_triton(logits, k, sm_first, expt_indx, simulated_ep, n_rows)
             if plan.one_launch:
                 return _outputs(ws, plan)
         else:
