@@ -96,13 +96,7 @@ def main() -> int:
         layer = bm.Layer(n_expts, args.layout)
         for name, setting in variants.items():
             _apply(setting)
-            for n_tokens in (1, 512):
-                res = bm.check(layer, n_tokens, seed=100 + n_tokens)
-                res["variant"] = name
-                report["checks"].append(res)
-                ok &= res["ok"]
-                print(f"check E={n_expts} T={n_tokens} {name}: {res['layer_rel_err_vs_float64']:.2e} "
-                      f"{'OK' if res['ok'] else 'FAIL'}", flush=True)
+            ok &= bm.run_checks(layer, (1, 512), report, name, seed_base=100, variant=name)
         for n_tokens in map(int, args.tokens.split(",")):
             row = {"n_expts": n_expts, "n_tokens": n_tokens, "layout": args.layout}
             for r in range(args.rounds):
@@ -117,11 +111,7 @@ def main() -> int:
         del layer
         torch.cuda.empty_cache()
     _apply(shipped)
-    report["all_checks_ok"] = ok
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"checks {'all OK' if ok else 'FAILED'}; wrote {args.out}")
-    return 0 if ok else 1
+    return bm.finish_report(report, ok, args.out)
 
 
 if __name__ == "__main__":

@@ -173,6 +173,30 @@ def check(layer: Layer, n_tokens: int, seed: int) -> dict:
     return res
 
 
+def run_checks(layer: Layer, token_counts, report: dict, label: str, seed_base: int = 0, **tags) -> bool:
+    """`check` at each T (seed seed_base + T), kept in report["checks"] with `tags`, one line printed
+    per check; True when all pass."""
+    ok = True
+    for n_tokens in token_counts:
+        res = check(layer, n_tokens, seed=seed_base + n_tokens)
+        res.update(tags)
+        report["checks"].append(res)
+        ok &= res["ok"]
+        print(f"check {label} E={layer.n_expts} T={n_tokens}: layer err {res['layer_rel_err_vs_float64']:.2e}, "
+              f"gate_up err {res['gate_up_rel_err_vs_reference']:.2e}, down err {res['down_rel_err_vs_reference']:.2e}, "
+              f"written {res['h_written'] and res['out_written']}: {'OK' if res['ok'] else 'FAIL'}", flush=True)
+    return ok
+
+
+def finish_report(report: dict, ok: bool, path: str) -> int:
+    """Write the report with its verdict; the exit status: 0 when every check passed."""
+    report["all_checks_ok"] = ok
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"checks {'all OK' if ok else 'FAILED'}; wrote {path}")
+    return 0 if ok else 1
+
+
 def measure_machine() -> dict:
     buf = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(buf)
@@ -249,14 +273,8 @@ def main() -> int:
         for layout_name in layouts:
             for n_expts in (32, 128):
                 layer = Layer(n_expts, layout_name)
-                for n_tokens in ([1, 4096] if args.quick else [1, 7, 64, 512, 4096, 16384]):
-                    res = check(layer, n_tokens, seed=n_tokens)
-                    res["layout"] = layout_name
-                    report["checks"].append(res)
-                    ok &= res["ok"]
-                    print(f"check {layout_name:15s} E={n_expts:3d} T={n_tokens:5d} layer_err={res['layer_rel_err_vs_float64']:.2e}"
-                          f" gate_up_err={res['gate_up_rel_err_vs_reference']:.2e} down_err={res['down_rel_err_vs_reference']:.2e}"
-                          f" written={res['h_written'] and res['out_written']} {'OK' if res['ok'] else 'FAIL'}", flush=True)
+                ok &= run_checks(layer, [1, 4096] if args.quick else [1, 7, 64, 512, 4096, 16384], report, layout_name,
+                                 layout=layout_name)
                 del layer
                 torch.cuda.empty_cache()
     report["machine"] = machine = measure_machine()
@@ -278,11 +296,7 @@ def main() -> int:
                     json.dump(report, f, indent=1)
             del layer
             torch.cuda.empty_cache()
-    report["all_checks_ok"] = ok
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"checks {'all OK' if ok else 'FAILED'}; wrote {args.out}")
-    return 0 if ok else 1
+    return finish_report(report, ok, args.out)
 
 
 if __name__ == "__main__":

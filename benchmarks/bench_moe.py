@@ -179,13 +179,8 @@ def main() -> int:
     for layout_name in args.layouts.split(","):
         for n_expts in map(int, args.experts.split(",")):
             layer = bm.Layer(n_expts, layout_name)
-            for n_tokens in (1, 4096):  # correctness of the timed path, before any timing
-                res = bm.check(layer, n_tokens, seed=100 + n_tokens)
-                res["layout"] = layout_name
-                report["checks"].append(res)
-                ok &= res["ok"]
-                print(f"check {layout_name} E={n_expts} T={n_tokens}: layer err {res['layer_rel_err_vs_float64']:.2e} "
-                      f"{'OK' if res['ok'] else 'FAIL'}", flush=True)
+            # correctness of the timed path, before any timing
+            ok &= bm.run_checks(layer, (1, 4096), report, layout_name, seed_base=100, layout=layout_name)
             bf16 = None
             if not args.no_bf16 and layout_name == args.layouts.split(",")[0]:
                 bf16 = Bf16Path(layer)
@@ -204,9 +199,6 @@ def main() -> int:
                     json.dump(report, f, indent=1)
             del layer, bf16
             torch.cuda.empty_cache()
-    report["all_checks_ok"] = ok
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
     print()
     print("| layout | E | T | experts hit | floor µs | layer µs (graph) | ratio | layer µs (eager) | routing µs (graph / eager / torch) "
           "| gate_up µs | down µs | bf16 path µs | TFLOP/s |")
@@ -217,8 +209,7 @@ def main() -> int:
               f"| {r['layer_graph_us']:.1f} | {r['ratio_to_floor']:.2f} | {r['layer_eager_us']:.1f} "
               f"| {r['routing_graph_us']:.1f} / {r['routing_us']:.1f} / {r['routing_torch_us']:.1f} "
               f"| {r['gate_up_graph_us']:.1f} | {r['down_graph_us']:.1f} | {bf} | {r['TFLOPs']:.0f} |")
-    print(f"checks {'all OK' if ok else 'FAILED'}; wrote {args.out}")
-    return 0 if ok else 1
+    return bm.finish_report(report, ok, args.out)
 
 
 if __name__ == "__main__":
