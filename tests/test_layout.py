@@ -2,12 +2,17 @@
 
 import dataclasses
 import itertools
+import re
+import types
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from triton_kernels import target_info
 from triton_kernels.numerics_details.mxfp import downcast_to_mxfp_torch, upcast_from_mxfp_torch
+from triton_kernels.matmul_ogs_details import _kernels
 from triton_kernels.tensor import FP4, Tensor, convert_layout, wrap_torch_tensor
 from triton_kernels.tensor_details import layout as L
 from triton_kernels.tensor_details.layout import (
@@ -255,17 +260,22 @@ def test_layout_is_exported_as_a_base_class():
     assert isinstance(t.storage.layout, StridedLayout)
 
 
-def _emulate_quads_ptx(ptx: str, unit: torch.Tensor) -> dict:
-    """The integer part of the quads decoder's inline PTX, run on int64 tensors of 32-bit units:
-    {q: the bf16x2 bit pattern that goes into the final scale FMA of output q}."""
-    regs, out, full = {"$4": unit}, {}, (1 << 32) - 1
+def _emulate_ptx(ptx: str, regs: dict) -> tuple[dict, dict]:
+    """The integer instructions and moves of matmul_ogs's inline PTX, run on int64 tensors of 32-bit
+    registers (`regs`: the inputs by name, e.g. "$4"; filled in place) -> (regs, {q: (t, scale)}, the
+    two bf16x2 operands of the FMA that writes output $q). FMAs are not computed: the general
+    decoder's multiply by 2^126 leaves its t as it was."""
+    full, fmas = (1 << 32) - 1, {}
 
     def val(r):
         return regs[r] if r in regs else int(r, 0)
 
+    def halves(operand):  # "{lo, hi}" -> ("lo", "hi")
+        return tuple(x.strip() for x in operand[1:-1].split(","))
+
     for line in ptx.splitlines():
         op, _, args = line.strip().rstrip(";").partition(" ")
-        a = [x.strip() for x in args.split(",")]
+        a = re.findall(r"\{[^}]*\}|[^\s,]+", args)
         if op == "shf.l.wrap.b32":
             x, r = val(a[1]), int(a[3])
             regs[a[0]] = ((x << r) | (x >> (32 - r))) & full
@@ -273,11 +283,30 @@ def _emulate_quads_ptx(ptx: str, unit: torch.Tensor) -> dict:
             regs[a[0]] = val(a[1]) & val(a[2])
         elif op == "mul.lo.u32":
             regs[a[0]] = (val(a[1]) * val(a[2])) & full
-        elif op == "fma.rn.bf16x2" and a[0].startswith("$"):
-            out[int(a[0][1:])] = regs[a[1]]
-        elif op not in ("{", "}", ".reg", "mov.b32", "fma.rn.bf16x2"):
+        elif op == "mad.lo.u32":
+            regs[a[0]] = (val(a[1]) * val(a[2]) + val(a[3])) & full
+        elif op == "prmt.b32":  # byte i of d = byte (nibble i of c) of the 8 bytes b:a; nibble bit 3: sign fill
+            src, sel, d = val(a[1]) | val(a[2]) << 32, val(a[3]), 0
+            for i in range(4):
+                byte = (src >> 8 * (sel >> 4 * i & 7)) & 255
+                if sel >> 4 * i & 8:
+                    byte = (byte >> 7) * 255
+                d = d | byte << 8 * i
+            regs[a[0]] = d
+        elif op == "mov.b32" and a[0].startswith("{"):
+            lo, hi = halves(a[0])
+            regs[lo], regs[hi] = val(a[1]) & 0xFFFF, val(a[1]) >> 16
+        elif op == "mov.b32" and a[1].startswith("{"):
+            lo, hi = halves(a[1])
+            regs[a[0]] = val(lo) | val(hi) << 16
+        elif op == "mov.b32":
+            regs[a[0]] = val(a[1])
+        elif op == "fma.rn.bf16x2":
+            if a[0].startswith("$"):
+                fmas[int(a[0][1:])] = (val(a[1]), val(a[2]))
+        elif op not in ("{", "}", ".reg"):
             raise AssertionError(f"unexpected PTX: {line}")
-    return out
+    return regs, fmas
 
 
 @pytest.mark.parametrize("one_multiply", [False, True])
@@ -287,8 +316,6 @@ def test_hopper_value_layout_units_decode_with_the_ptx_recipes(one_multiply):
     its integer instructions (emulated here from the PTX text) give, for output q, value 16q + 2t in
     the low bf16 lane and 16q + 2t + 1 in the high one as magnitude bits 6..8 and sign bit 15
     (checked from the definition, not through quads_order)."""
-    from triton_kernels.matmul_ogs_details import _kernels
-
     k_bytes, n = 96, 5  # K = 192 values: three blocks (padded storage adds a fourth of zeros)
     data = random_bytes((k_bytes, n), seed=11)  # [K/2, N], value 2b in the low nibble of byte b
     layout = HopperMXValueLayout((k_bytes, n), mx_axis=0)
@@ -296,8 +323,10 @@ def test_hopper_value_layout_units_decode_with_the_ptx_recipes(one_multiply):
     units = swizzled[:, 0::4] | swizzled[:, 1::4] << 8 | swizzled[:, 2::4] << 16 | swizzled[:, 3::4] << 24
     values = torch.stack((data & 15, data >> 4), dim=1).reshape(2 * k_bytes, n).to(torch.int64)  # [K, N]
     ptx = (_kernels._DECODE_QUADS_PTX_ONE_FMA if one_multiply else _kernels._DECODE_QUADS_PTX).value
-    pairs = _emulate_quads_ptx(ptx, units)
-    assert sorted(pairs) == [0, 1, 2, 3]
+    _, fmas = _emulate_ptx(ptx, {"$4": units, "$5": 0x11111111, "$6": 0x22222222})
+    assert sorted(fmas) == [0, 1, 2, 3]
+    assert [fmas[q][1] for q in range(4)] == [0x11111111, 0x11111111, 0x22222222, 0x22222222]
+    pairs = {q: fmas[q][0] for q in fmas}
 
     def bf16_bits(v):
         return ((v & 7) << 6) | ((v >> 3) << 15)
@@ -308,6 +337,67 @@ def test_hopper_value_layout_units_decode_with_the_ptx_recipes(one_multiply):
         assert torch.equal(pairs[q][:, 8 * block + j // 2], want), kv
     assert int(units[:, 24:].abs().sum()) == 0  # the padding block
     assert torch.equal(quads_order_inverse(quads_order(data.t().contiguous())), data.t())
+
+
+def _bf16_two_to_the(e: torch.Tensor) -> torch.Tensor:
+    """bf16 bits of 2^e (int64, exact for -126 <= e <= 127)."""
+    return torch.ldexp(torch.ones(e.shape), e).to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+
+
+def test_small_scale_words_give_the_decoders_bf16_multipliers():
+    """DECODE_QUADS_PTX_SMALL_SCALES with whole scale words (emulated from the PTX text): the pair PTX
+    turns a word of MX blocks 4w..4w+3 (one per byte) into output h for the 64-value block 2w + h,
+    and the decoder, given it as $5, multiplies pairs q = 0, 1 by 2^(s - 1) of MX block 4w + 2h and
+    q = 2, 3 by that of 4w + 2h + 1, the same in both lanes; every s in 0..128 in every byte."""
+    s = torch.arange(129)
+    scale_bytes = torch.stack([(s + 37 * j) % 129 for j in range(4)], dim=1)  # [word, byte]
+    words = sum(scale_bytes[:, j] << 8 * j for j in range(4))
+    pairs, _ = _emulate_ptx(_kernels._SMALL_SCALE_PAIRS_PTX.value, {"$2": words})
+    want = _bf16_two_to_the(scale_bytes - 1)
+    for h in range(2):
+        # $6 (the pack's second word, the same pair) must not be read: it holds a wrong value
+        _, fmas = _emulate_ptx(_kernels._DECODE_QUADS_PTX_SCALE_PAIR.value,
+                               {"$4": torch.zeros_like(words), "$5": pairs[f"${h}"], "$6": 0})
+        for q in range(4):
+            lane = want[:, 2 * h + q // 2]
+            assert torch.equal(fmas[q][1], lane | lane << 16), (h, q)
+
+
+def _emulated_inline_asm(self, asm, constraints, values, result_types, is_pure, pack):
+    """The interpreter's create_inline_asm for integer PTX on 32-bit operands, one element each."""
+    import numpy as np
+    from triton.runtime.interpreter import TensorHandle
+
+    assert pack == 1 and all(v.data.dtype == np.int32 for v in values)
+    n_out = len(result_types)
+    inputs = {f"${n_out + i}": torch.from_numpy(v.data.astype(np.int64)) & 0xFFFFFFFF for i, v in enumerate(values)}
+    regs, _ = _emulate_ptx(asm, inputs)
+    results = [TensorHandle(regs[f"${i}"].numpy().astype(np.uint32).view(np.int32), tl.int32) for i in range(n_out)]
+    return types.SimpleNamespace(get_result=results.__getitem__)
+
+
+def test_small_scale_pairs_reach_each_quads_word(device, monkeypatch):
+    """_quads_scale_pairs (interpreted, its PTX emulated; on a GPU compiled): quads word i of a column
+    (64-value block b = i // 16) gets 2^(s - 1) of MX blocks 2b and 2b + 1 in its low and high lane."""
+    if target_info.get_target().interpreter:
+        from triton.runtime.interpreter import InterpreterBuilder
+        monkeypatch.setattr(InterpreterBuilder, "create_inline_asm", _emulated_inline_asm)
+    n, block_k = 4, 256
+    scales = torch.randint(0, 129, (n, block_k // 32), generator=torch.Generator().manual_seed(3))
+    words = sum(scales[:, j::4] << 8 * j for j in range(4))  # [n, block_k / 128]: MX block 4w + j in byte j
+    out = torch.full((n, block_k // 4), -1, dtype=torch.int32, device=device)  # no multiplier has these bits
+    _scale_pairs_kernel[(1,)](words.to(torch.int32).to(device), out, BLOCK_N=n, BLOCK_K=block_k)
+    want = _bf16_two_to_the(scales - 1).reshape(n, block_k // 64, 2)
+    want = (want[..., 0] | want[..., 1] << 16).repeat_interleave(16, dim=1)
+    assert torch.equal(out.cpu().to(torch.int64) & 0xFFFFFFFF, want)
+
+
+@triton.jit
+def _scale_pairs_kernel(S, P, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.arange(0, BLOCK_N)[:, None]
+    words = tl.load(S + rows * (BLOCK_K // 128) + tl.arange(0, BLOCK_K // 128)[None, :])
+    tl.store(P + rows * (BLOCK_K // 4) + tl.arange(0, BLOCK_K // 4)[None, :],
+             _kernels._quads_scale_pairs(words, BLOCK_N, BLOCK_K))
 
 
 def test_nibble_quads_bad_arguments_raise_clear_errors():

@@ -184,10 +184,12 @@ def _decode_ptx(scale_regs: tuple[str, ...], one_multiply: bool = False) -> str:
 _DECODE_PAIRS_PTX: tl.constexpr = tl.constexpr(_decode_ptx(("$5",) * 4))
 
 
-def _decode_quads_ptx(one_multiply: bool = False) -> str:
+def _decode_quads_ptx(one_multiply: bool = False, scale_pair: bool = False) -> str:
     """Inline PTX for the quads decoders: a 32-bit unit $4 (16-bit quads words j and j + 1 of a
     64-value block, j even) -> bf16x2 register $q holding the values at K offsets 16q + j and
-    16q + j + 1, scaled by $5 (q = 0, 1: the block's first MX block) or $6 (q = 2, 3: its second).
+    16q + j + 1, scaled by $5 (q = 0, 1: the block's first MX block) or $6 (q = 2, 3: its second);
+    with `scale_pair`, by the low (q = 0, 1) or the high (q = 2, 3) bf16 of $5, copied to both lanes
+    (ptxas folds the copy into the multiply's operand: no instruction).
     HopperMXValueLayout stores each pair's eight bits where one of these recipes finds them
     (`QUADS_DECODE_RECIPES` there; 10 integer operations for the four pairs instead of 13): a mask
     (bits already in place), a rotation and a mask, a mask, a multiply by 2^a + 2^b (two shifted
@@ -196,6 +198,11 @@ def _decode_quads_ptx(one_multiply: bool = False) -> str:
     each lane: E2M1 * 2^-126 exactly; then the bf16x2 FMAs by 2^126 and by the scale, or one FMA
     by 2^(s-1) with `one_multiply` (every scale <= 128), as in `_decode_ptx`."""
     lines = ["{", ".reg .b32 t, c, nz;", "mov.b32 c, 0x7E807E80;", "mov.b32 nz, 0x80008000;"]
+    scales = ("$5", "$5", "$6", "$6")
+    if scale_pair:
+        lines += [".reg .b16 s_lo, s_hi;", ".reg .b32 m_lo, m_hi;", "mov.b32 {s_lo, s_hi}, $5;",
+                  "mov.b32 m_lo, {s_lo, s_lo};", "mov.b32 m_hi, {s_hi, s_hi};"]
+        scales = ("m_lo", "m_lo", "m_hi", "m_hi")
     for q, (rotate, mask, multiply) in enumerate(QUADS_DECODE_RECIPES):
         src = "$4"
         if rotate:
@@ -207,12 +214,25 @@ def _decode_quads_ptx(one_multiply: bool = False) -> str:
         lines.append(f"and.b32 t, {src}, {_PAIR_MASK_HEX};")
         if not one_multiply:
             lines.append("fma.rn.bf16x2 t, t, c, nz;")
-        lines.append(f"fma.rn.bf16x2 ${q}, t, {('$5', '$5', '$6', '$6')[q]}, nz;")
+        lines.append(f"fma.rn.bf16x2 ${q}, t, {scales[q]}, nz;")
     return "\n".join(lines + ["}"])
+
+
+def _small_scale_pairs_ptx() -> str:
+    """Inline PTX: a 32-bit word $2 of four E8M0 scale bytes, each <= 128 -> $0 holding bytes 0 and
+    1, $1 bytes 2 and 3, as bf16x2 2^(s - 1) (the lower byte in the low lane): a prmt moves the two
+    bytes into the low bytes of the two 16-bit lanes (selector nibble 4: a zero byte of the second
+    operand), and one multiply-add makes each lane (s + 126) << 7, below 2^16, so no carry crosses."""
+    lines = []
+    for o in range(2):
+        lines += [f"prmt.b32 ${o}, $2, 0, {0x4140 + 0x0202 * o:#06x};", f"mad.lo.u32 ${o}, ${o}, 128, 0x3F003F00;"]
+    return "\n".join(lines)
 
 
 _DECODE_QUADS_PTX: tl.constexpr = tl.constexpr(_decode_quads_ptx())
 _DECODE_QUADS_PTX_ONE_FMA: tl.constexpr = tl.constexpr(_decode_quads_ptx(one_multiply=True))
+_DECODE_QUADS_PTX_SCALE_PAIR: tl.constexpr = tl.constexpr(_decode_quads_ptx(one_multiply=True, scale_pair=True))
+_SMALL_SCALE_PAIRS_PTX: tl.constexpr = tl.constexpr(_small_scale_pairs_ptx())
 
 
 @triton.jit
@@ -325,8 +345,23 @@ def _quads_scales(s, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _decode_quads(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_N, BLOCK_K/4] 16-bit quads words and [BLOCK_N, BLOCK_K/32] E8M0 scales -> the
+def _quads_scale_pairs(s_words, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_N, BLOCK_K/128] scale words (every byte <= 128) -> each quads word's multipliers as
+    int32 bf16x2 bits, 2^(s - 1) of its 64-value block's first MX block in the low lane and of the
+    second in the high one, [BLOCK_N, BLOCK_K/4]: two instructions per 64-value block and column,
+    where splitting the bytes and building each multiplier alone took 6.5 (offline sm_90a SASS at
+    16 x 64 x 256: 477 -> 441 per K step)."""
+    first, second = tl.inline_asm_elementwise(_SMALL_SCALE_PAIRS_PTX, "=r,=r,r", [s_words],
+                                              dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+    pairs = tl.reshape(tl.join(first, second), (BLOCK_N, BLOCK_K // 64))  # block 2w + h: half h of word w
+    return tl.reshape(tl.broadcast_to(pairs[:, :, None], (BLOCK_N, BLOCK_K // 64, 16)), (BLOCK_N, BLOCK_K // 4))
+
+
+@triton.jit
+def _decode_quads(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  WHOLE_S_WORDS: tl.constexpr = False):
+    """[BLOCK_N, BLOCK_K/4] 16-bit quads words and [BLOCK_N, BLOCK_K/32] E8M0 scales (WHOLE_S_WORDS,
+    DECODE_QUADS_PTX_SMALL_SCALES only: [BLOCK_N, BLOCK_K/128] words of 4) -> the
     [BLOCK_N, BLOCK_K] weight tile in K order. Each unit of words j, j + 1 (j even) is decoded
     elementwise into its four pairs (pair q = K offsets 16q + j, 16q + j + 1 of its 64-value block,
     by the recipes of QUADS_DECODE_RECIPES: inline PTX on CUDA, the same integer ops in Triton
@@ -342,6 +377,11 @@ def _decode_quads(words, s, out_dtype, DECODE: tl.constexpr, BLOCK_N: tl.constex
         w1 = _quads_value(unit, 1, s_lo, out_dtype, BLOCK_N, BLOCK_K)
         w2 = _quads_value(unit, 2, s_hi, out_dtype, BLOCK_N, BLOCK_K)
         w3 = _quads_value(unit, 3, s_hi, out_dtype, BLOCK_N, BLOCK_K)
+    elif WHOLE_S_WORDS:
+        tl.static_assert(DECODE == DECODE_QUADS_PTX_SMALL_SCALES)
+        w0, w1, w2, w3 = tl.inline_asm_elementwise(
+            _DECODE_QUADS_PTX_SCALE_PAIR, "=r,=r,=r,=r,r,r,r", [words, _quads_scale_pairs(s, BLOCK_N, BLOCK_K)],
+            dtype=(tl.bfloat16,) * 4, is_pure=True, pack=2)
     else:  # inline PTX: the general form, or one multiply when every scale is <= 128
         if DECODE == DECODE_QUADS_PTX_SMALL_SCALES:
             asm: tl.constexpr = _DECODE_QUADS_PTX_ONE_FMA
@@ -369,11 +409,13 @@ def _load_k_tail(ptrs, offs_k, k_bound, MASK_K: tl.constexpr):
 
 @triton.jit
 def _step_scales(s_base, s32_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG: tl.constexpr, INDEX_64: tl.constexpr,
-                 BLOCK_K: tl.constexpr, MASK_K: tl.constexpr, S_WORDS: tl.constexpr):
+                 BLOCK_K: tl.constexpr, MASK_K: tl.constexpr, S_WORDS: tl.constexpr,
+                 WHOLE_S_WORDS: tl.constexpr = False):
     """The [BLOCK_N, BLOCK_K/32] E8M0 scales of the K step at k0 (MASK_K: 0 at or past K): bytes, or
-    with S_WORDS whole words split in registers (`_step_scale_words`)."""
+    with S_WORDS whole words split in registers (`_step_scale_words`), or with WHOLE_S_WORDS too
+    (unmasked steps) the [BLOCK_N, BLOCK_K/128] words themselves."""
     if S_WORDS:
-        s = _step_scale_words(s32_base, k0, K, stride_ws_kg, INDEX_64, BLOCK_K, MASK_K)
+        s = _step_scale_words(s32_base, k0, K, stride_ws_kg, INDEX_64, BLOCK_K, MASK_K, WHOLE_S_WORDS)
     else:
         offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
         s_off = _k_offsets(offs_ks, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64)
@@ -383,24 +425,29 @@ def _step_scales(s_base, s32_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG: tl.
 
 @triton.jit
 def _step_scale_words(s32_base, k0, K, stride_ws_kg, INDEX_64: tl.constexpr, BLOCK_K: tl.constexpr,
-                      MASK_K: tl.constexpr):
+                      MASK_K: tl.constexpr, WHOLE: tl.constexpr = False):
     """`_step_scales` for the K-grouped scale layouts (the 4 scales of a column and 128 K values in
     one aligned 32-bit word; s32_base: the columns' words) and BLOCK_K a multiple of 128: the
     step's words, split into its [BLOCK_N, BLOCK_K/32] bytes (int32). Whole words are wide enough
     for the pipeliner's async copies, so the scales are multi-buffered in shared memory like the
     weights (read as bytes they went straight to registers, and each step waited on global
-    memory). MASK_K: 0 at or past K, also where the storage pads the last word."""
+    memory). MASK_K: 0 at or past K, also where the storage pads the last word. WHOLE: the words
+    unsplit (for DECODE_QUADS_PTX_SMALL_SCALES; not with MASK_K)."""
     g = k0 // 128 + tl.arange(0, BLOCK_K // 128)
     off = g.to(tl.int64) * (stride_ws_kg // 4) if INDEX_64 else g * (stride_ws_kg // 4)
     if MASK_K:  # the tail step may start in the storage's last word
         words = tl.load(s32_base + off[None, :], mask=(g < tl.cdiv(K // 32, 4))[None, :], other=0)
     else:
         words = tl.load(s32_base + off[None, :])
-    b = tl.join(tl.join(words & 255, (words >> 16) & 255), tl.join((words >> 8) & 255, (words >> 24) & 255))
-    s = tl.reshape(b, (words.shape[0], BLOCK_K // 32))  # [.., 4w + j]: byte j of word w
-    if MASK_K:
-        offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-        s = tl.where((offs_ks < K // 32)[None, :], s, 0)
+    if WHOLE:
+        tl.static_assert(not MASK_K)
+        s = words
+    else:
+        b = tl.join(tl.join(words & 255, (words >> 16) & 255), tl.join((words >> 8) & 255, (words >> 24) & 255))
+        s = tl.reshape(b, (words.shape[0], BLOCK_K // 32))  # [.., 4w + j]: byte j of word w
+        if MASK_K:
+            offs_ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            s = tl.where((offs_ks < K // 32)[None, :], s, 0)
     return s
 
 
@@ -408,7 +455,7 @@ def _step_scale_words(s32_base, k0, K, stride_ws_kg, INDEX_64: tl.constexpr, BLO
 def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s, stride_w_kg, stride_w_ki,
                   K, MASK_K: tl.constexpr, W_MX: tl.constexpr, W_KG: tl.constexpr,
                   DECODE: tl.constexpr, DOT_F32: tl.constexpr, INDEX_64: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WHOLE_S_WORDS: tl.constexpr = False):
     """One BLOCK_K step of `_swapped_mainloop` (`s`: its scales, from `_step_scales`). Weight loads
     need no N mask (the column offsets are clamped in range and the extra columns are never
     stored); K is masked only in the tail step."""
@@ -424,7 +471,7 @@ def _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s, str
             # the storage is padded to whole 64-value blocks: the tail step reads blocks starting below K
             words = _load_k_tail(w32_base.to(tl.pointer_type(tl.int16)) + offs_kw[None, :], offs_kw,
                                  tl.cdiv(K, 64) * 16, MASK_K)
-            w = _decode_quads(words, s, dot_dtype, DECODE, BLOCK_N, BLOCK_K)
+            w = _decode_quads(words, s, dot_dtype, DECODE, BLOCK_N, BLOCK_K, WHOLE_S_WORDS)
         elif DECODE == DECODE_BYTES:
             offs_kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
             w_off = _k_offsets(offs_kp, stride_w_kg, stride_w_ki, W_KG, INDEX_64)
@@ -483,6 +530,9 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
     # at prefill). The last full step prefetches itself again (no mask in the loop); a K tail
     # loads its own. Off: each step loads its own (the host's choice, `configs.scale_loads`; it leaves
     # PREFETCH_S off with S_WORDS: whole words are multi-buffered by the pipeliner itself).
+    # DECODE_QUADS_PTX_SMALL_SCALES takes the unmasked steps' scale words whole (`_quads_scale_pairs`);
+    # the masked tail step and the prefetch's masked first load get bytes
+    WHOLE_S_WORDS: tl.constexpr = S_WORDS and not PREFETCH_S and DECODE == DECODE_QUADS_PTX_SMALL_SCALES
     s = 0
     if W_MX and PREFETCH_S:
         s = _step_scales(s_base, s32_base, k_start, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K, True,
@@ -496,9 +546,10 @@ def _swapped_mainloop(X, x_rows, mask_x, stride_x_m, stride_x_k,
                                  False, S_WORDS)
             else:
                 s_step = _step_scales(s_base, s32_base, k0, K, stride_ws_kg, stride_ws_ki, WS_KG, INDEX_64, BLOCK_K,
-                                      False, S_WORDS)
+                                      False, S_WORDS, WHOLE_S_WORDS)
         acc = _swapped_step(acc, k0, xt_base, mask_x, stride_x_k, w_base, w32_base, s_step, stride_w_kg,
-                            stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K)
+                            stride_w_ki, K, False, W_MX, W_KG, DECODE, DOT_F32, INDEX_64, BLOCK_N, BLOCK_K,
+                            WHOLE_S_WORDS)
     if k_full < K:
         if TAIL_64:
             for k0 in tl.range(k_full, K, 64, num_stages=1):  # at most BLOCK_K / 64 - 1 steps, not pipelined
