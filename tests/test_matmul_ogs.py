@@ -459,6 +459,34 @@ def test_quads_layout_runs_any_config_swapped(device, swap_xw, block_k):
     assert rel_err(out, indep) <= 1e-2
 
 
+def test_weight_description_is_kept_while_the_wrapper_is_unchanged(device):
+    """matmul_ogs keeps a wrapped weight's addressing on the wrapper between calls, and describes it
+    again when its data tensor or its shape is replaced (the result follows the new data; a wrong
+    shape is refused by name)."""
+    if not layouts_available():
+        pytest.skip("tensor API not available yet")
+    torch.manual_seed(3)
+    x = torch.randn(8, 128, device=device).bfloat16()
+    codes, scales = mx_weight(1, 128, 64, 4, device)
+    other, _ = mx_weight(1, 128, 64, 5, device)
+    w, s = as_weight(codes, scales, "hopper")
+    w_other, _ = as_weight(other, scales, "hopper")
+    pc = PrecisionConfig(weight_scale=s)
+
+    def expected(c):
+        return x.cpu().double() @ dequant_reference(c, scales)[0]
+
+    assert rel_err(matmul_ogs(x, w, None, precision_config=pc), expected(codes)) <= 1e-2
+    kept = w._triton_kernels_operand
+    assert rel_err(matmul_ogs(x, w, None, precision_config=pc), expected(codes)) <= 1e-2
+    assert w._triton_kernels_operand is kept  # the second call reused the description
+    w.storage.data = w_other.storage.data
+    assert rel_err(matmul_ogs(x, w, None, precision_config=pc), expected(other)) <= 1e-2
+    w.shape = [1, 256, 64]  # K no longer matches the storage
+    with pytest.raises(ValueError, match="`w` storage holds"):
+        matmul_ogs(torch.randn(8, 256, device=device).bfloat16(), w, None, precision_config=pc)
+
+
 def test_small_scale_check_is_cached_and_sees_in_place_writes():
     from triton_kernels.matmul_ogs import _scales_at_most_128
 

@@ -54,6 +54,7 @@ activations are bf16/fp16 and the weights carry their own MX scales; non-default
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import torch
@@ -453,7 +454,12 @@ def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
     (the same result; a config is a speed choice)."""
     if p.ws is None or not p.w.addressing.nibble_quads:
         return cfg
-    tail = _fit_config(cfg.tail, p) if cfg.tail is not None else None
+    return _fit_quads(cfg)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fit_quads(cfg: MatmulConfig) -> MatmulConfig:
+    tail = _fit_quads(cfg.tail) if cfg.tail is not None else None
     return dataclasses.replace(cfg, swap_xw=True, block_k=max(64, cfg.block_k), tail=tail)
 
 

@@ -7,6 +7,7 @@ The tables are starting points written without per-shape autotuning; `benchmarks
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from .. import target_info
 
@@ -83,6 +84,12 @@ def choose_config(rows_per_group: float, n: int, k: int, weight_is_mx: bool, red
     target = target_info.get_target()
     variant = target.variant if variant is None else variant
     interpreter = target.interpreter if interpreter is None else interpreter
+    return _choose(rows_per_group, n, k, bool(weight_is_mx), reduction_n, variant, bool(interpreter), bool(nibble_quads))
+
+
+@functools.lru_cache(maxsize=4096)  # every eager call asks; the answer depends on these alone
+def _choose(rows_per_group: float, n: int, k: int, weight_is_mx: bool, reduction_n: int, variant: str,
+            interpreter: bool, nibble_quads: bool) -> MatmulConfig:
     block_m = _block_m_for(rows_per_group)
     min_n = 2 * reduction_n
     if interpreter:

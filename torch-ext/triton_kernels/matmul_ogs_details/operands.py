@@ -92,6 +92,23 @@ def operand(t, what: str, logical_rows_per_row: int) -> Operand:
         return Operand(t, _strided(t), t.shape[0] if t.dim() == 3 else None, t.shape[-2], t.shape[-1])
     if not is_wrapped(t):
         raise TypeError(f"matmul_ogs: `{what}` must be a torch.Tensor or a triton_kernels Tensor, got {type(t).__name__}")
+    # weights are static: the description is kept on the wrapper, for as long as its storage, layout,
+    # data and shape are the ones it was made from (transformers overwrites a wrapper's shape)
+    storage = t.storage
+    key = (what, logical_rows_per_row, id(storage), id(storage.layout), id(storage.data), storage.data.data_ptr(),
+           tuple(t.shape))
+    kept = getattr(t, "_triton_kernels_operand", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    op = _wrapped_operand(t, what, logical_rows_per_row)
+    try:
+        t._triton_kernels_operand = (key, op)
+    except AttributeError:  # a wrapper that takes no new attributes is described on every call
+        pass
+    return op
+
+
+def _wrapped_operand(t, what: str, logical_rows_per_row: int) -> Operand:
     shape = tuple(t.shape)
     if len(shape) not in (2, 3):
         raise ValueError(f"matmul_ogs: `{what}` must be 2-D [K, N] or 3-D [E, K, N], got shape {shape}")
