@@ -445,6 +445,20 @@ def test_k_tail_in_64_deep_steps_decodes_exactly(device, monkeypatch, quads, spl
     torch.testing.assert_close(out.cpu().double(), dequant_reference(codes[None], scales[None])[0], rtol=0, atol=0)
 
 
+def test_k_tail_in_64_deep_steps_dense_weight(device, monkeypatch):
+    """The same tail with a dense bf16 weight (no scales): x = identity gives the weight bit for bit."""
+    import triton_kernels.matmul_ogs as mo
+    taken = []
+    real = mo.tail_in_64_steps
+    monkeypatch.setattr(mo, "tail_in_64_steps", lambda cfg, k: taken.append(real(cfg, k)) or taken[-1])
+    w = torch.randn(320, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=256, group_m=1, num_warps=4, num_stages=2, swap_xw=True)
+    out = matmul_ogs(torch.eye(320).bfloat16().to(device), w.to(device), None, config=cfg,
+                     precision_config=PrecisionConfig(out_dtype=torch.float32))
+    assert taken and all(taken)
+    torch.testing.assert_close(out.cpu(), w.float(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("swap_xw,block_k", [(False, 32), (True, 128)])
 def test_quads_layout_runs_any_config_swapped(device, swap_xw, block_k):
     """HopperMXValueLayout weights are read only by the swapped loop in 64-value K steps: a config
