@@ -93,7 +93,8 @@ def operand(t, what: str, logical_rows_per_row: int) -> Operand:
     if not is_wrapped(t):
         raise TypeError(f"matmul_ogs: `{what}` must be a torch.Tensor or a triton_kernels Tensor, got {type(t).__name__}")
     # weights are static: the description is kept on the wrapper, for as long as its storage, layout,
-    # data and shape are the ones it was made from (transformers overwrites a wrapper's shape)
+    # data and shape are the ones it was made from (transformers overwrites a wrapper's shape); the
+    # kept entry holds those objects, so their ids cannot be reused by others meanwhile
     storage = t.storage
     key = (what, logical_rows_per_row, id(storage), id(storage.layout), id(storage.data), storage.data.data_ptr(),
            tuple(t.shape))
@@ -102,7 +103,7 @@ def operand(t, what: str, logical_rows_per_row: int) -> Operand:
         return kept[1]
     op = _wrapped_operand(t, what, logical_rows_per_row)
     try:
-        t._triton_kernels_operand = (key, op)
+        t._triton_kernels_operand = (key, op, storage, storage.layout)
     except AttributeError:  # a wrapper that takes no new attributes is described on every call
         pass
     return op
