@@ -26,6 +26,19 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def spy_on(monkeypatch, module, name: str) -> list:
+    """Replace module.name by a wrapper that records every result it returns; returns that list."""
+    results = []
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(module, name, wrapper)
+    return results
+
+
 # ---------------------------------------------------------------------------------------------
 # inputs
 
@@ -434,9 +447,7 @@ def test_k_tail_in_64_deep_steps_decodes_exactly(device, monkeypatch, quads, spl
         ws = convert_layout(wrap_torch_tensor(scales.to(device)), layout.HopperMXScaleLayout, mx_axis=0, num_warps=8)
     else:
         w, ws = codes.to(device), scales.to(device)
-    taken = []
-    real = mo.tail_in_64_steps
-    monkeypatch.setattr(mo, "tail_in_64_steps", lambda cfg, k: taken.append(real(cfg, k)) or taken[-1])
+    taken = spy_on(monkeypatch, mo, "tail_in_64_steps")
     cfg = MatmulConfig(block_m=16, block_n=32, block_k=256, group_m=1, num_warps=4, num_stages=2, swap_xw=True,
                        decode="words", split_k=split_k)
     x = torch.eye(kdim).bfloat16().to(device)
@@ -448,9 +459,7 @@ def test_k_tail_in_64_deep_steps_decodes_exactly(device, monkeypatch, quads, spl
 def test_k_tail_in_64_deep_steps_dense_weight(device, monkeypatch):
     """The same tail with a dense bf16 weight (no scales): x = identity gives the weight bit for bit."""
     import triton_kernels.matmul_ogs as mo
-    taken = []
-    real = mo.tail_in_64_steps
-    monkeypatch.setattr(mo, "tail_in_64_steps", lambda cfg, k: taken.append(real(cfg, k)) or taken[-1])
+    taken = spy_on(monkeypatch, mo, "tail_in_64_steps")
     w = torch.randn(320, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
     cfg = MatmulConfig(block_m=16, block_n=32, block_k=256, group_m=1, num_warps=4, num_stages=2, swap_xw=True)
     out = matmul_ogs(torch.eye(320).bfloat16().to(device), w.to(device), None, config=cfg,
@@ -1011,13 +1020,7 @@ def test_scale_words_equal_scale_bytes(device, monkeypatch, kdim, block_k, split
     from triton_kernels.tensor import convert_layout, wrap_torch_tensor
     from triton_kernels.tensor_details import layout
 
-    taken, real_scale_loads = [], mo.scale_loads
-
-    def spy(cfg, words_layout, nibble_quads):  # records which scale form each launch took
-        forms = real_scale_loads(cfg, words_layout, nibble_quads)
-        taken.append(forms[0])
-        return forms
-    monkeypatch.setattr(mo, "scale_loads", spy)
+    forms = spy_on(monkeypatch, mo, "scale_loads")  # (S_WORDS, PREFETCH_S) of each launch
     codes, scales = mx_weight(3, kdim, 48, 5, device)
     w, _ = as_weight(codes, scales, "hopper")
     s_words = convert_layout(wrap_torch_tensor(scales), layout.HopperMXScaleLayout, mx_axis=1, num_warps=8)
@@ -1033,7 +1036,7 @@ def test_scale_words_equal_scale_bytes(device, monkeypatch, kdim, block_k, split
     for s in (s_words, s_bytes):
         pc = PrecisionConfig(weight_scale=s)
         outs.append(matmul_ogs(x, w, None, rd, gather_indx=gi, precision_config=pc, config=cfg))
-    assert taken == [True, False]
+    assert [words_taken for words_taken, _prefetch in forms] == [True, False]
     assert not outs[0].isnan().any()
     assert torch.equal(outs[0], outs[1])
     ref = matmul_ogs_torch(x, w, None, rd, gather_indx=gi, precision_config=PrecisionConfig(weight_scale=s_bytes))
@@ -1053,7 +1056,6 @@ def test_tail_config_is_checked():
     with pytest.raises(TypeError, match="`tail` must be a MatmulConfig or None, got dict"):
         MatmulConfig(128, 64, 64, 1, 4, 1, tail={"block_m": 64})
     assert MatmulConfig(128, 64, 64, 1, 4, 1, tail=tail).tail is tail
-
 
 
 @pytest.mark.parametrize("variant", ["blackwell", "hopper", "ampere", "turing"])
@@ -1081,6 +1083,7 @@ def test_choose_config_gives_launchable_configs(variant, nibble_quads):
             if cfg.tail is not None:
                 assert cfg.tail.block_m in ROUTED_BLOCK_M and cfg.split_k == cfg.tail.split_k == 1, (r, n, cfg)
     assert len(seen) > 3  # the range spans several regimes
+
 
 _SASS_SCRIPT = r"""
 import json, sys
