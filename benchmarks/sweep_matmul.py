@@ -90,6 +90,8 @@ SMALL_WARPS = [C(16, 64, 256, 1, 2, 3, True), C(16, 64, 256, 1, 2, 4, True), C(1
 
 
 def candidates(rows_per_expt, which="all"):
+    if which == "warps":
+        return SMALL_WARPS
     if rows_per_expt <= 16:
         regime, fill = DECODE, FILL_DECODE
     elif rows_per_expt <= 32:  # between the regimes: the 32-row default against decode-style tiles and tails
@@ -98,8 +100,6 @@ def candidates(rows_per_expt, which="all"):
         regime, fill = MID, FILL_MID
     else:
         regime, fill = PREFILL, FILL_PREFILL
-    if which == "warps":
-        return SMALL_WARPS
     return fill if which == "fill" else regime + [c for c in fill if c not in regime]
 
 
