@@ -32,10 +32,14 @@ from triton_kernels.routing import routing  # noqa: E402
 def _switches(spec: str) -> list[tuple[object, str]]:
     out = []
     for item in spec.split(","):
-        module, name = item.rsplit(".", 1)
-        mod = importlib.import_module(f"triton_kernels.{module}")
-        if not isinstance(getattr(mod, name), bool):
-            raise SystemExit(f"ab_switches: {item} is not a bool switch")
+        module, _, name = item.rpartition(".")
+        try:
+            mod = importlib.import_module(f"triton_kernels.{module}")
+        except ImportError:
+            mod = None
+        if not module or mod is None or not isinstance(getattr(mod, name, None), bool):
+            raise SystemExit(f"ab_switches: --switch {item!r} is not a bool switch of triton_kernels "
+                             "(module.NAME, e.g. matmul_ogs.K_TAIL_64_STEPS)")
         out.append((mod, name))
     return out
 
