@@ -1,14 +1,15 @@
 """A/B timing of module switches on the gpt-oss MoE layer, in one process (H100).
 
     python benchmarks/ab_switches.py --switch routing_details.ONE_LAUNCH,routing_details.PDL \
-        [--experts 32,128] [--tokens 1,8,64] [--layout default] [--rounds 2] [--out ab.json]
+        [--experts 32,128] [--tokens 1,8,64] [--layout default] [--rounds 2] [--profile] [--out ab.json]
 
 For every shape it times the graphed layer (routing + gate_up + down, bench_moe's method: at shapes
 where one call's experts would stay in L2, COLD_SETS calls routed to different experts back to back)
 once per variant, in rounds that alternate the variants so that drift between them shows: variant
 "on" leaves the switches as the package ships them, "off" sets every listed switch to False, and
 "only:<name>" keeps just that one on. The check before timing is bench_matmul.check (NaN-poisoned
-outputs, float64 MoE) at T = 1 and 512 under every variant.
+outputs, float64 MoE) at T = 1 and 512 under every variant. --profile also prints each kernel's GPU
+time per layer call under every variant (torch.profiler over replays of the captured layer).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def _apply(setting: dict) -> None:
         setattr(mod, name, value)
 
 
-def layer_us(layer: bm.Layer, n_tokens: int) -> float:
-    """bench_moe.bench_shape's layer number (cold sets where it uses them)."""
+def layer_call(layer: bm.Layer, n_tokens: int):
+    """bench_moe.bench_shape's layer call (cold sets where it uses them) and its number of sets."""
     torch.manual_seed(n_tokens)
     h = torch.empty(n_tokens * bm.TOPK, bm.INTER, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(n_tokens, bm.HIDDEN, device="cuda", dtype=torch.bfloat16)
@@ -76,7 +77,36 @@ def layer_us(layer: bm.Layer, n_tokens: int) -> float:
             rd, gi, si = routing(logits, bm.TOPK)
             layer.down(layer.gate_up(x, rd, gi, y=h), rd, si, y=out)
 
+    return call, n_sets
+
+
+def layer_us(layer: bm.Layer, n_tokens: int) -> float:
+    call, n_sets = layer_call(layer, n_tokens)
     return bench_moe.median_us(call, graph=True) / n_sets
+
+
+def kernel_us(layer: bm.Layer, n_tokens: int, replays: int = 20) -> dict[str, float]:
+    """GPU time per layer call of each kernel in the graphed layer (torch.profiler over graph replays;
+    with programmatic dependent launch a kernel's time includes its wait for the one before)."""
+    from torch.profiler import ProfilerActivity, profile
+    call, n_sets = layer_call(layer, n_tokens)
+    call()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    out = {}
+    for evt in prof.key_averages():
+        total = getattr(evt, "device_time_total", 0)
+        if total and "cuda" in str(evt.device_type).lower():
+            out[evt.key[:60]] = round(total / (replays * n_sets), 2)
+    return out
 
 
 def main() -> int:
@@ -87,6 +117,7 @@ def main() -> int:
     ap.add_argument("--layout", default="default")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="ab_switches.json")
+    ap.add_argument("--profile", action="store_true", help="also print each kernel's GPU time per layer call")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
@@ -107,6 +138,11 @@ def main() -> int:
                 for name, setting in variants.items():
                     _apply(setting)
                     row.setdefault(name, []).append(layer_us(layer, n_tokens))
+            if args.profile:
+                for name, setting in variants.items():
+                    _apply(setting)
+                    row[f"kernels:{name}"] = kernel_us(layer, n_tokens)
+                    print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in row[f"kernels:{name}"].items()))
             report["rows"].append(row)
             print(f"E={n_expts} T={n_tokens}: " + ", ".join(
                 f"{name} {' / '.join(f'{v:.1f}' for v in row[name])}" for name in variants), flush=True)
