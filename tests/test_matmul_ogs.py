@@ -497,7 +497,7 @@ def test_weight_description_is_kept_while_the_wrapper_is_unchanged(device):
     pc = PrecisionConfig(weight_scale=s)
 
     def expected(c):
-        return x.cpu().double() @ dequant_reference(c, scales)[0]
+        return x.double() @ dequant_reference(c, scales)[0]
 
     assert rel_err(matmul_ogs(x, w, None, precision_config=pc), expected(codes)) <= 1e-2
     kept = w._triton_kernels_operand
