@@ -28,14 +28,16 @@ from triton_kernels.matmul_ogs_details.configs import MatmulConfig, scale_loads,
 from triton_kernels.swiglu import swiglu_fn  # noqa: E402
 
 _POINTERS = {"Y": "*bf16", "X": "*bf16", "W": "*u8", "WS": "*u8", "Bias": "*fp32", "Betas": "*fp32",
-             "Gammas": "*fp32", "GatherIndx": "*i32", "TokenOffs": "*i32", "BlockPidMap": "*i32", "Partial": "*fp32"}
+             "Gammas": "*fp32", "GatherIndx": "*i32", "TokenOffs": "*i32", "BlockPidMap": "*i32", "Partial": "*fp32",
+             "YSum": "*bf16", "SlotToRow": "*i32", "TileCounters": "*i32"}
 _FLOATS = {"out_alpha", "act_arg0", "act_arg1"}
 _NONE = {"act_arg2", "act_arg3"}
 
 
 def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90,
-                   split_k=1, chunk_m=0, tail_m=0, s_words=True, tail_64=None):
+                   split_k=1, chunk_m=0, tail_m=0, s_words=True, tail_64=None, topk_sum=False):
     """chunk_m, tail_m: MatmulConfig.tail's two launches (0, 0: tiles of one size), see the kernel;
+    topk_sum: the down projection's top-k sum in its own launch (few tokens); the down projection's splits are linear;
     s_words: the scales read as whole words of the default (K-grouped) scale layout, as launched;
     tail_64: the K tail as 64-deep steps (default: as launched at gpt-oss's K = 2880, `tail_in_64_steps`)."""
     fn = _kernels._matmul_ogs_kernel
@@ -50,7 +52,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         HAS_BIAS=True, HAS_BETAS=False, HAS_GAMMAS=not gate_up, HAS_ALPHA=False, DOT_F32=False,
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
         DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
-        MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=False, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
+        MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=not gate_up and split_k > 1, TOPK_SUM=topk_sum, SUM_K=4, SUM_BLOCK_T=16, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
         PREFETCH_S=prefetch_s, S_WORDS=words_on, TAIL_64=tail_in_64_steps(cfg, 2880) if tail_64 is None else tail_64,
     )
     if not gate_up:
@@ -124,6 +126,9 @@ def main():
                          "(block_m is the chunk or the tail)")
     ap.add_argument("--byte-scales", action="store_true",
                     help="scales read as bytes (strided scale layouts) instead of the default layout's words")
+    ap.add_argument("--split-k", type=int, default=1)
+    ap.add_argument("--topk-sum", action="store_true",
+                    help="the down projection's top-k sum in its own launch (linear splits with --split-k > 1)")
     ap.add_argument("--dump", default=None)
     args = ap.parse_args()
     cfg = {"decode": (16, 64, 128, 4, 3), "mid": (64, 128, 128, 4, 3), "prefill": (128, 64, 128, 4, 3)}[args.mode]
@@ -131,7 +136,7 @@ def main():
         cfg = tuple(int(v) for v in args.cfg.split(","))
     chunk_m, tail_m = (int(v) for v in args.chunk_tail.split(",")) if args.chunk_tail else (0, 0)
     k = compile_matmul(*cfg, decode=args.decode, gate_up=not args.down, chunk_m=chunk_m, tail_m=tail_m,
-                       s_words=not args.byte_scales)
+                       s_words=not args.byte_scales, split_k=args.split_k, topk_sum=args.topk_sum)
     sass = k.asm["sass"]
     if args.dump:
         with open(args.dump, "w") as f:

@@ -857,6 +857,97 @@ def test_split_k_matches_reference(device, swap_xw, decode, split_k, gather, sca
     assert rel_err(out, indep) <= 1e-2
 
 
+class _GridRecorder:
+    """Stands in for a @triton.jit kernel: records the grid of every `kernel[grid](...)` launch."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+def _counters_all_zero():
+    from triton_kernels import _grid_counters as gc
+    return all(not pool.counters.any() for pool in gc._POOLS.values())
+
+
+@pytest.mark.parametrize("split_k", [1, 2])
+@pytest.mark.parametrize("n_tokens", [1, 9, 32])
+def test_topk_sum_in_launch_equals_the_reduce_kernel(device, monkeypatch, split_k, n_tokens):
+    """With few token slots (n_tokens x k x linear splits <= TOPK_SUM_MAX_ROWS) the last program of
+    each column tile adds the top-k rows in the matmul's own launch: bit for bit the separate reduce
+    kernel's result, no reduce launch, every counter back at zero (unused tile-map entries arrive
+    too: expert 1 gets no tokens). 32 tokens x 2 with 2 splits is past the bound: the reduce kernel."""
+    from triton_kernels import matmul_ogs as M
+    cfg = MatmulConfig(16, 32, 32, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
+    outs = {}
+    for in_launch in (True, False):
+        monkeypatch.setattr(M, "TOPK_SUM_IN_LAUNCH", in_launch)
+        reduce = _GridRecorder(M._topk_reduce_kernel)
+        monkeypatch.setattr(M, "_topk_reduce_kernel", reduce)
+        counters = spy_on(monkeypatch, M, "_sum_counters")
+        out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
+            device, False, True, True, False, "mxfp4", "default", n_tokens=n_tokens, n_expts=6, kdim=160, n=96,
+            config=cfg)
+        assert not out.isnan().any(), "output not fully written"
+        assert rel_err(out, ref) <= 1e-2
+        fused = in_launch and n_tokens * 2 * split_k <= M.TOPK_SUM_MAX_ROWS
+        assert (counters[-1] is not None) == fused
+        assert len(reduce.grids) == (0 if fused else 1)
+        assert _counters_all_zero()
+        outs[in_launch] = out
+    assert torch.equal(outs[True], outs[False])
+
+
+def test_topk_sum_in_launch_without_counters_takes_the_reduce_kernel(device, monkeypatch):
+    """No counters to be had (pool used up by captures, too many column tiles): the separate reduce."""
+    from triton_kernels import matmul_ogs as M
+    monkeypatch.setattr(M, "tile_counters", lambda *a: None)
+    reduce = _GridRecorder(M._topk_reduce_kernel)
+    monkeypatch.setattr(M, "_topk_reduce_kernel", reduce)
+    out, ref, _ = run_routed(device, False, True, True, False, "mxfp4", "default", n_tokens=3, kdim=64, n=64)
+    assert not out.isnan().any() and rel_err(out, ref) <= 1e-2
+    assert len(reduce.grids) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_topk_sum_in_launch_in_a_cuda_graph():
+    """The down projection of gpt-oss at decode (2 linear splits, its top-k sum in its launch),
+    captured in a CUDA graph beside an eager call on the same stream: replays with new inputs equal
+    eager calls bit for bit, and the eager calls' counters and the graph's are left at zero."""
+    from triton_kernels.routing import routing
+    device, inter, hidden, k, n_expts = "cuda", 2880, 2880, 4, 32
+    c2, s2 = mx_weight(n_expts, inter, hidden, 2, device)
+    w2, ws2 = as_weight(c2, s2, "hopper")
+    b2 = torch.randn(n_expts, hidden, device=device)
+    pc2 = PrecisionConfig(weight_scale=ws2)
+    h = torch.randn(k, inter, device=device).bfloat16()
+    logits = torch.randn(1, n_expts, device=device)
+
+    def down(y=None):
+        rd, _, si = routing(logits, k)
+        return matmul_ogs(h, w2, b2, rd, scatter_indx=si, precision_config=pc2, gammas=rd.gate_scal, y=y)
+
+    out = down()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        down(out)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        h.copy_(torch.randn_like(h, dtype=torch.float32))
+        logits.copy_(torch.randn_like(logits))
+        graph.replay()
+        eager = down()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)
+        rd, _, si = routing(logits, k)
+        ref = matmul_ogs_torch(h, w2, b2, rd, scatter_indx=si, precision_config=pc2, gammas=rd.gate_scal)
+        assert rel_err(out, ref) <= 1e-2
+    assert _counters_all_zero()
+
+
 def test_split_k_for_fills_the_gpu_and_keeps_steps():
     from triton_kernels.matmul_ogs_details.configs import split_k_for
 

@@ -392,25 +392,6 @@ def test_routing_cooperative_launch_refused_falls_back_for_good(device, poisoned
     assert not routing_details._COOPERATIVE_REFUSED
 
 
-def test_grid_counters_pool(monkeypatch):
-    """Eager calls share one counter per stream; each captured call gets its own for good; none
-    before the pool exists (it cannot be zeroed inside a capture) or once the pool is used up."""
-    from triton_kernels.routing_details import _grid_counters as gc
-    monkeypatch.setattr(gc, "_POOLS", {})
-    monkeypatch.setattr(gc, "POOL_COUNTERS", 3)
-    cpu = torch.device("cpu")
-    assert gc.barrier_counter(cpu, 11, capturing=True) is None
-    a = gc.barrier_counter(cpu, 11, capturing=False)
-    assert a.tolist() == [0] and a.data_ptr() % 16 == 0
-    assert gc.barrier_counter(cpu, 11, capturing=False).data_ptr() == a.data_ptr()
-    b = gc.barrier_counter(cpu, 12, capturing=False)
-    c = gc.barrier_counter(cpu, 11, capturing=True)
-    assert len({a.data_ptr(), b.data_ptr(), c.data_ptr()}) == 3 and c.data_ptr() % 16 == 0
-    assert gc.barrier_counter(cpu, 11, capturing=True) is None  # pool used up: the caller takes two launches
-    assert gc.barrier_counter(cpu, 13, capturing=False) is None
-    assert gc.barrier_counter(cpu, 12, capturing=False).data_ptr() == b.data_ptr()
-
-
 def test_routing_all_tokens_on_one_expert(path, device, poisoned_workspace):
     logits = torch.randn(150, 32, generator=torch.Generator().manual_seed(3))
     logits[:, 5] += 100.0
@@ -741,7 +722,7 @@ def test_routing_gpu_one_launch_concurrent_streams():
 def test_routing_gpu_capture_before_any_eager_call_takes_two_launches(monkeypatch):
     """A capture on a device whose counter pool does not exist yet cannot zero one: that call
     takes two launches and replays right."""
-    from triton_kernels.routing_details import _grid_counters as gc
+    from triton_kernels import _grid_counters as gc
     monkeypatch.setattr(gc, "_POOLS", {})  # as in a fresh process
     static = torch.randn(4096, 128, device="cuda").to(torch.bfloat16)
     with monkeypatch.context() as m:  # compile the two launches outside the capture, without making the pool

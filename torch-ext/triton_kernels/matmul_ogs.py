@@ -12,7 +12,9 @@ Modes
             With `scatter_indx`, output row t = sum over its k slots s = t*k + j of the row
             scatter_indx.src_indx[s] (skipping -1), i.e. the rows r with dst_indx[r] // k == t.
             The sum is deterministic: the matmul writes one row per slot (in sorted order) and a
-            second small kernel adds the k rows of each token in a fixed order (no atomics).
+            second small kernel adds the k rows of each token in a fixed order (no atomics); with
+            few tokens the last program of each column tile adds them in the same launch, in the
+            same order.
 
 Per row r, in fp32:
     acc = x_r · W[e]  +  bias[e] * betas[r]      (betas default 1; bias None -> 0)
@@ -61,6 +63,7 @@ import torch
 import triton
 
 from . import target_info
+from ._grid_counters import tile_counters
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
 from .matmul_ogs_details.configs import (DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, scale_loads,
@@ -446,6 +449,23 @@ def _pdl_ok() -> bool:
 
 
 K_TAIL_64_STEPS = True  # the K tail as 64-deep steps where `tail_in_64_steps` says (a switch for benchmarks)
+TOPK_SUM_IN_LAUNCH = True  # few tokens: the top-k sum in the matmul's own launch (a switch for benchmarks)
+TOPK_SUM_MAX_ROWS = 64  # rows (token slots x linear splits) the last program of a column tile adds
+
+
+def _sum_counters(p: _Problem, cfg: MatmulConfig, n_parts: int, n_tiles_m: int, split_k: int, linear_splits: bool):
+    """The column tiles' counters where the top-k sum can run in the matmul's launch (see
+    `_topk_sum_if_last`), else None: a scatter with few token slots, every program of one launch
+    arriving (tiles no taller than the routing's map, no second launch for tails or split sums)."""
+    if not (TOPK_SUM_IN_LAUNCH and p.scatter is not None and n_parts == 1 and n_tiles_m and p.batch == 1
+            and cfg.block_m <= ROUTED_BLOCK_M[-1] and (split_k == 1 or linear_splits)):
+        return None
+    if p.n_tokens * p.n_expts_act * (split_k if linear_splits else 1) > TOPK_SUM_MAX_ROWS:
+        return None
+    dev = p.x.device
+    cuda = dev.type == "cuda"
+    stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else 0
+    return tile_counters(dev, stream, cuda and torch.cuda.is_current_stream_capturing(), triton.cdiv(p.n, cfg.block_n))
 
 
 def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
@@ -497,6 +517,10 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     # split partials of a linear epilogue under a scatter are added by the top-k reduce itself
     linear_splits = split_k > 1 and p.scatter is not None and p.act_fn is identity_fn and not p.act_args
 
+    sum_counters = _sum_counters(p, cfg, len(parts), n_tiles_m, split_k, linear_splits) if n_tiles_n else None
+    y_out = None
+    if p.scatter is not None:
+        y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
     if linear_splits:
         out = partial[0]  # the kernel writes only the partials: no output rows to allocate
     elif p.scatter is not None:
@@ -528,6 +552,8 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         p.gather if p.gather is not None else token_offs, token_offs, block_pid_map,
         partial, partial.stride(0), partial.stride(1) if split_k > 1 else 0, partial.stride(2) if split_k > 1 else 0,
         p.rows, p.n, p.k, p.n_expts_act, n_tiles_m,
+        *((y_out, y_out.stride(0), y_out.stride(1), p.scatter, p.n_tokens, sum_counters) if sum_counters is not None
+          else (out3, 0, 0, out3, 0, out3)),
         *args,
     )
     pdl = _pdl_ok()
@@ -540,6 +566,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
         SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
         CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
+        TOPK_SUM=sum_counters is not None, SUM_K=p.n_expts_act if sum_counters is not None else 1,
     )
     words_layout = _grouped_scale_words(p)
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
@@ -560,8 +587,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
                                      num_warps=part.num_warps, num_stages=part.num_stages)
     if p.scatter is None:
         return out
-    y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
-    if p.n_tokens and p.n_out:
+    if p.n_tokens and p.n_out and sum_counters is None:
         block_t, block_n = (16, 64) if target_info.get_target().interpreter else (8, 512)
         grid = (triton.cdiv(p.n_tokens, block_t), triton.cdiv(p.n_out, block_n))
         inter = partial[:, 0] if linear_splits else out.unsqueeze(0)  # [splits, rows, N]

@@ -600,6 +600,7 @@ def _matmul_ogs_kernel(
     GatherIndx, TokenOffs, BlockPidMap,
     Partial, stride_p_s, stride_p_b, stride_p_m,
     M, N, K, n_expts_act, n_tiles_m,
+    YSum, stride_ys_m, stride_ys_n, SlotToRow, n_tokens, TileCounters,
     act_arg0, act_arg1, act_arg2, act_arg3,
     ACT_FN: tl.constexpr, N_ACT_ARGS: tl.constexpr, REDUCTION_N: tl.constexpr,
     W_MX: tl.constexpr, W_KG: tl.constexpr, WS_KG: tl.constexpr,
@@ -611,6 +612,7 @@ def _matmul_ogs_kernel(
     FINISH_SPLIT: tl.constexpr = False, MAP_BLOCK_M: tl.constexpr = 128, LINEAR_SPLITS: tl.constexpr = False,
     PDL: tl.constexpr = False, CHUNK_M: tl.constexpr = 0, TAIL_M: tl.constexpr = 0,
     PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False, TAIL_64: tl.constexpr = False,
+    TOPK_SUM: tl.constexpr = False, SUM_K: tl.constexpr = 1, SUM_BLOCK_T: tl.constexpr = 16,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
@@ -624,9 +626,19 @@ def _matmul_ogs_kernel(
     rows and two launches share them: the one with BLOCK_M == CHUNK_M takes the chunks holding more
     than TAIL_M rows, the one with BLOCK_M == TAIL_M the chunks holding at most TAIL_M rows (an
     expert's last chunk only), so a short tail does not pay for a tall tile's MMA nor a nearly
-    full chunk for two tiles' weight decodes."""
+    full chunk for two tiles' weight decodes.
+    TOPK_SUM (scatter, few tokens, one launch of tiles no taller than the routing's map): the
+    top-k (SUM_K = k) sum into YSum [n_tokens, N_out] happens here instead of in `_topk_reduce_kernel`: the
+    last program of each column tile (TileCounters, one per column tile) adds its rows, those of
+    Partial's splits with LINEAR_SPLITS, else those of Y."""
     if PDL:
         gdc_wait()
+    OUT_N: tl.constexpr = BLOCK_N // REDUCTION_N
+    if LINEAR_SPLITS:  # what the fused top-k sum adds: the splits' partials, or the output rows
+        sum_src, sum_stride_s, sum_stride_m, sum_stride_n = Partial, stride_p_s, stride_p_m, 1
+    else:
+        sum_src, sum_stride_s, sum_stride_m, sum_stride_n = Y, 0, stride_y_m, stride_y_n
+    SUM_SPLITS: tl.constexpr = SPLIT_K if LINEAR_SPLITS else 1
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -634,12 +646,18 @@ def _matmul_ogs_kernel(
     if ROUTED:
         packed = tl.load(BlockPidMap + pid_m)
         if packed == -1:
+            if TOPK_SUM:  # an unused map entry still arrives at its column tile's counter
+                _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, sum_src, sum_stride_s, sum_stride_m, sum_stride_n,
+                                  SlotToRow, n_tokens, TileCounters, n_tiles_m * SPLIT_K, pid_n, N // REDUCTION_N,
+                                  OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
             return
         expt = packed & 0xFFFF
         block = packed >> 16
         # routing tabulates tiles of MAP_BLOCK_M rows; a taller tile (or chunk) is RATIO of them, so
         # only the program holding the first of each run works (the others leave at once)
         RATIO = (CHUNK_M if CHUNK_M > 0 else BLOCK_M) // MAP_BLOCK_M  # a constexpr
+        tl.static_assert(not TOPK_SUM or (CHUNK_M == 0 and BLOCK_M == MAP_BLOCK_M))  # every program must arrive
+        tl.static_assert(not TOPK_SUM or SPLIT_K == 1 or LINEAR_SPLITS)
         if RATIO > 1:
             if block % RATIO != 0:
                 return
@@ -718,6 +736,10 @@ def _matmul_ogs_kernel(
                                        offs_n, mask_n, tl.program_id(2) == 0, HAS_BIAS, HAS_BETAS, HAS_GAMMAS,
                                        HAS_ALPHA)
             tl.store(p_ptrs + tl.program_id(2) * stride_p_s, acc, mask=mask_m[:, None] & mask_n[None, :])
+            if TOPK_SUM:
+                _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, sum_src, sum_stride_s, sum_stride_m, sum_stride_n,
+                                  SlotToRow, n_tokens, TileCounters, n_tiles_m * SPLIT_K, pid_n, N // REDUCTION_N,
+                                  OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
             return
 
     acc = _linear_epilogue(acc, Bias + expt * stride_bias_e, Betas, Gammas, out_alpha, offs_m, mask_m, offs_n, mask_n,
@@ -733,17 +755,65 @@ def _matmul_ogs_kernel(
     else:
         out = ACT_FN(acc, act_arg0, act_arg1, act_arg2, act_arg3)
 
-    OUT_N: tl.constexpr = BLOCK_N // REDUCTION_N
     offs_yn = pid_n * OUT_N + tl.arange(0, OUT_N)
     if INDEX_64:
         offs_m = offs_m.to(tl.int64)
     y_ptrs = Y + pid_b * stride_y_b + offs_m[:, None] * stride_y_m + offs_yn[None, :] * stride_y_n
     tl.store(y_ptrs, cast_out(out, Y.dtype.element_ty, DOT_F32), mask=mask_m[:, None] & (offs_yn < N // REDUCTION_N)[None, :])
+    if TOPK_SUM:
+        _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, sum_src, sum_stride_s, sum_stride_m, sum_stride_n,
+                          SlotToRow, n_tokens, TileCounters, n_tiles_m * SPLIT_K, pid_n, N // REDUCTION_N,
+                          OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
 
 
 @triton.jit
 def identity_fn(x):
     return x
+
+
+@triton.jit
+def _topk_sum_tile(Y, stride_y_m, stride_y_n, Inter, stride_i_s, stride_i_m, stride_i_n, SlotToRow,
+                   offs_t, mask_t, offs_n, mask_n, N_EXPTS_ACT: tl.constexpr, N_SPLITS: tl.constexpr,
+                   INTERPRETED: tl.constexpr, FROM_L2: tl.constexpr = False):
+    """y[t, n] = sum over j < k, then over the N_SPLITS K-split partials (stride_i_s apart), of
+    inter[slot_to_row[t*k + j], n], skipping -1 (slot not computed here), for one [tokens, columns]
+    tile, in that fixed order. FROM_L2: read the rows past L1 (other SMs wrote them in this launch)."""
+    acc = tl.zeros([offs_t.shape[0], offs_n.shape[0]], dtype=tl.float32)
+    for j in tl.static_range(N_EXPTS_ACT):
+        row = tl.load(SlotToRow + offs_t.to(tl.int64) * N_EXPTS_ACT + j, mask=mask_t, other=-1)
+        valid = row >= 0
+        row = tl.where(valid, row, 0).to(tl.int64)
+        for split in tl.static_range(N_SPLITS):
+            ptrs = Inter + split * stride_i_s + row[:, None] * stride_i_m + offs_n[None, :] * stride_i_n
+            if FROM_L2:
+                v = tl.load(ptrs, mask=valid[:, None] & mask_n[None, :], other=0.0, cache_modifier=".cg")
+            else:
+                v = tl.load(ptrs, mask=valid[:, None] & mask_n[None, :], other=0.0)
+            acc += v.to(tl.float32)
+    y_ptrs = Y + offs_t.to(tl.int64)[:, None] * stride_y_m + offs_n[None, :] * stride_y_n
+    tl.store(y_ptrs, cast_out(acc, Y.dtype.element_ty, INTERPRETED), mask=mask_t[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, Inter, stride_i_s, stride_i_m, stride_i_n, SlotToRow,
+                      n_tokens, TileCounters, n_arrivals, pid_n, n_out,
+                      OUT_N: tl.constexpr, N_EXPTS_ACT: tl.constexpr, N_SPLITS: tl.constexpr,
+                      INTERPRETED: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The top-k sum inside the matmul (few tokens): every program of column tile pid_n arrives at
+    that tile's counter once its rows are stored; the last of the n_arrivals sums all tokens' rows
+    of the tile (`_topk_sum_tile`, the order of `_topk_reduce_kernel`: bit for bit the same) and
+    sets the counter back to zero for the next call (the counters are zero before every call)."""
+    tl.debug_barrier()  # every thread's stores precede the release below
+    old = tl.atomic_add(TileCounters + pid_n, 1, sem="acq_rel", scope="gpu")
+    if old == n_arrivals - 1:
+        tl.store(TileCounters + pid_n, 0)
+        offs_n = pid_n * OUT_N + tl.arange(0, OUT_N)
+        mask_n = offs_n < n_out
+        for t0 in range(0, n_tokens, BLOCK_T):
+            offs_t = t0 + tl.arange(0, BLOCK_T)
+            _topk_sum_tile(YSum, stride_ys_m, stride_ys_n, Inter, stride_i_s, stride_i_m, stride_i_n, SlotToRow,
+                           offs_t, offs_t < n_tokens, offs_n, mask_n, N_EXPTS_ACT, N_SPLITS, INTERPRETED,
+                           FROM_L2=True)
 
 
 @triton.jit
@@ -764,16 +834,5 @@ def _topk_reduce_kernel(
         gdc_wait()
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_t = offs_t < n_tokens
-    mask_n = offs_n < N
-    acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
-    for j in tl.static_range(N_EXPTS_ACT):
-        row = tl.load(SlotToRow + offs_t.to(tl.int64) * N_EXPTS_ACT + j, mask=mask_t, other=-1)
-        valid = row >= 0
-        row = tl.where(valid, row, 0).to(tl.int64)
-        for split in tl.static_range(N_SPLITS):
-            v = tl.load(Inter + split * stride_i_s + row[:, None] * stride_i_m + offs_n[None, :] * stride_i_n,
-                        mask=valid[:, None] & mask_n[None, :], other=0.0)
-            acc += v.to(tl.float32)
-    y_ptrs = Y + offs_t.to(tl.int64)[:, None] * stride_y_m + offs_n[None, :] * stride_y_n
-    tl.store(y_ptrs, cast_out(acc, Y.dtype.element_ty, INTERPRETED), mask=mask_t[:, None] & mask_n[None, :])
+    _topk_sum_tile(Y, stride_y_m, stride_y_n, Inter, stride_i_s, stride_i_m, stride_i_n, SlotToRow,
+                   offs_t, offs_t < n_tokens, offs_n, offs_n < N, N_EXPTS_ACT, N_SPLITS, INTERPRETED)

@@ -58,7 +58,7 @@ import torch
 import triton
 
 from .. import target_info
-from ._grid_counters import barrier_counter
+from .._grid_counters import barrier_counter
 from ._kernels import (BLOCK_SIZES, expt_data_kernel, routing_fused_kernel, routing_place_kernel,
                        routing_rows_kernel, routing_topk_kernel)
 

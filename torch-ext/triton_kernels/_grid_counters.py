@@ -1,0 +1,78 @@
+"""Zero-based int32 counters for kernels whose programs count each other's arrival, from one
+zeroed pool per device, made outside any graph capture (zeroing inside a capture would be recorded
+into the graph). Two users, each keeping its counters in a state the next call can start from:
+
+* routing's one-launch grid barrier (`routing_details._kernels._grid_barrier`): one counter per
+  call, left a multiple of GRID_BARRIER_STRIDE, so it is never reset;
+* matmul_ogs's top-k sum in the down projection's own launch (`_topk_sum_if_last`): one counter
+  per column tile, set back to zero by the last program to arrive.
+
+A counter serves one call at a time:
+
+* eager calls use one block per stream and use (calls on one stream run one after the other);
+* a call being captured into a CUDA graph takes counters of its own for good, since the graph
+  may be replayed on any stream while other calls run (a graph's replays are ordered).
+
+`barrier_counter` and `tile_counters` return None when no counters can be had (a capture before
+any eager call on that device, more tiles than an eager block holds, or the pool used up by
+captures); the caller then takes a path that needs none (one more launch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+POOL_COUNTERS = 1 << 16  # units of COUNTER_STRIDE int32 (1 MiB per device)
+COUNTER_STRIDE = 4  # int32 per unit: every block 16-byte aligned, as Triton specializes pointers on it
+TILE_COUNTERS_PER_STREAM = 256  # column tiles of one eager matmul_ogs call that can sum in its launch
+
+
+@dataclasses.dataclass
+class _DevicePool:
+    counters: torch.Tensor
+    next_free: int = 0
+    by_stream: dict = dataclasses.field(default_factory=dict)
+
+    def take(self, n: int = 1) -> torch.Tensor | None:
+        units = -(-n // COUNTER_STRIDE)
+        if self.next_free + units > POOL_COUNTERS:
+            return None
+        at = self.next_free * COUNTER_STRIDE
+        self.next_free += units
+        return self.counters[at:at + n]
+
+
+_POOLS: dict[int, _DevicePool] = {}
+
+
+def _counters(device: torch.device, stream: int, capturing: bool, use: str, n: int,
+              n_per_stream: int) -> torch.Tensor | None:
+    pool = _POOLS.get(device.index)
+    if pool is None:
+        if capturing:
+            return None
+        pool = _POOLS[device.index] = _DevicePool(
+            torch.zeros(POOL_COUNTERS * COUNTER_STRIDE, dtype=torch.int32, device=device))
+        if device.type == "cuda":  # zeroed on this stream; other streams take counters from it too
+            torch.cuda.synchronize(device)
+    if capturing:
+        return pool.take(n)
+    block = pool.by_stream.get((stream, use))
+    if block is None:
+        block = pool.by_stream[(stream, use)] = pool.take(n_per_stream)
+    return None if block is None or n > block.numel() else block[:n]
+
+
+def barrier_counter(device: torch.device, stream: int, capturing: bool) -> torch.Tensor | None:
+    """A zero-based barrier counter for one call on `device` issued to `stream` (a CUDA stream
+    handle), `capturing` whether that stream is being captured into a CUDA graph; or None (see
+    the module docstring)."""
+    return _counters(device, stream, capturing, "barrier", 1, 1)
+
+
+def tile_counters(device: torch.device, stream: int, capturing: bool, n: int) -> torch.Tensor | None:
+    """n zeroed counters (one per column tile) for one matmul_ogs call, which leaves them zero; or
+    None (see the module docstring)."""
+    return _counters(device, stream, capturing, "tiles", n, TILE_COUNTERS_PER_STREAM)
