@@ -874,12 +874,13 @@ def _counters_all_zero():
 
 
 @pytest.mark.parametrize("split_k", [1, 2])
-@pytest.mark.parametrize("n_tokens", [1, 9, 32])
+@pytest.mark.parametrize("n_tokens", [1, 9, 100, 130])
 def test_topk_sum_in_launch_equals_the_reduce_kernel(device, monkeypatch, split_k, n_tokens):
     """With few token slots (n_tokens x k x linear splits <= TOPK_SUM_MAX_ROWS) the last program of
     each column tile adds the top-k rows in the matmul's own launch: bit for bit the separate reduce
     kernel's result, no reduce launch, every counter back at zero (unused tile-map entries arrive
-    too: expert 1 gets no tokens). 32 tokens x 2 with 2 splits is past the bound: the reduce kernel."""
+    too: expert 1 gets no tokens). 100 tokens are two steps of 64; 100 x 2 with 2 splits and 130 x 2
+    are past the bound: the reduce kernel."""
     from triton_kernels import matmul_ogs as M
     cfg = MatmulConfig(16, 32, 32, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
     outs = {}

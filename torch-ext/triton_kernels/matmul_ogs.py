@@ -450,7 +450,7 @@ def _pdl_ok() -> bool:
 
 K_TAIL_64_STEPS = True  # the K tail as 64-deep steps where `tail_in_64_steps` says (a switch for benchmarks)
 TOPK_SUM_IN_LAUNCH = True  # few tokens: the top-k sum in the matmul's own launch (a switch for benchmarks)
-TOPK_SUM_MAX_ROWS = 64  # rows (token slots x linear splits) the last program of a column tile adds
+TOPK_SUM_MAX_ROWS = 256  # rows (token slots x linear splits) the last program of a column tile adds
 
 
 def _sum_counters(p: _Problem, cfg: MatmulConfig, n_parts: int, n_tiles_m: int, split_k: int, linear_splits: bool):
@@ -567,6 +567,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
         CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
         TOPK_SUM=sum_counters is not None, SUM_K=p.n_expts_act if sum_counters is not None else 1,
+        SUM_BLOCK_T=min(64, max(16, triton.next_power_of_2(p.n_tokens))),  # up to 64 tokens in one step
     )
     words_layout = _grouped_scale_words(p)
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
