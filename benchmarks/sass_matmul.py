@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import os
 import re
 import sys
@@ -35,9 +36,11 @@ _NONE = {"act_arg2", "act_arg3"}
 
 
 def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="bytes", gate_up=True, arch=90,
-                   split_k=1, chunk_m=0, tail_m=0, s_words=True, tail_64=None, topk_sum=False):
+                   split_k=1, chunk_m=0, tail_m=0, s_words=True, tail_64=None, topk_sum=False,
+                   finish_in_launch=False):
     """chunk_m, tail_m: MatmulConfig.tail's two launches (0, 0: tiles of one size), see the kernel;
     topk_sum: the down projection's top-k sum in its own launch (few tokens); the down projection's splits are linear;
+    finish_in_launch: gate_up's K splits added by the last split of each tile (no finishing launch);
     s_words: the scales read as whole words of the default (K-grouped) scale layout, as launched;
     tail_64: the K tail as 64-deep steps (default: as launched at gpt-oss's K = 2880, `tail_in_64_steps`)."""
     fn = _kernels._matmul_ogs_kernel
@@ -52,7 +55,7 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
         HAS_BIAS=True, HAS_BETAS=False, HAS_GAMMAS=not gate_up, HAS_ALPHA=False, DOT_F32=False,
         INDEX_64=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, SWAP_XW=True,
         DECODE={"bytes": 0, "words": 1, "ptx": 2, "quads": 3, "quads_ptx": 4, "quads_ptx_small": 5}[decode], SPLIT_K=split_k, FINISH_SPLIT=False,
-        MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=not gate_up and split_k > 1, TOPK_SUM=topk_sum, SUM_K=4, SUM_BLOCK_T=16, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
+        MAP_BLOCK_M=min(chunk_m or block_m, 128), LINEAR_SPLITS=not gate_up and split_k > 1, TOPK_SUM=topk_sum, SUM_K=4, FINISH_IN_LAUNCH=finish_in_launch, PDL=True, CHUNK_M=chunk_m, TAIL_M=tail_m,
         PREFETCH_S=prefetch_s, S_WORDS=words_on, TAIL_64=tail_in_64_steps(cfg, 2880) if tail_64 is None else tail_64,
     )
     if not gate_up:
@@ -60,6 +63,9 @@ def compile_matmul(block_m, block_n, block_k, num_warps, num_stages, decode="byt
     # what Triton specialises at a real launch with the default layouts (integer arguments equal to 1)
     constexprs.update(stride_y_n=1, stride_x_k=1, stride_w_kg=1, stride_w_ki=1, stride_ws_ki=1)
     constexprs.update({n: None for n in _NONE})
+    for param in fn.params:  # constexprs left at their defaults, as a launch leaves them
+        if param.is_constexpr and param.name not in constexprs and param.has_default:
+            constexprs[param.name] = param.default
     signature, attrs = {}, {}
     for i, name in enumerate(names):
         if name in constexprs:
@@ -129,6 +135,8 @@ def main():
     ap.add_argument("--split-k", type=int, default=1)
     ap.add_argument("--topk-sum", action="store_true",
                     help="the down projection's top-k sum in its own launch (linear splits with --split-k > 1)")
+    ap.add_argument("--finish-in-launch", action="store_true",
+                    help="gate_up with --split-k > 1: the last split of each tile adds the partials")
     ap.add_argument("--dump", default=None)
     args = ap.parse_args()
     cfg = {"decode": (16, 64, 128, 4, 3), "mid": (64, 128, 128, 4, 3), "prefill": (128, 64, 128, 4, 3)}[args.mode]
@@ -136,7 +144,8 @@ def main():
         cfg = tuple(int(v) for v in args.cfg.split(","))
     chunk_m, tail_m = (int(v) for v in args.chunk_tail.split(",")) if args.chunk_tail else (0, 0)
     k = compile_matmul(*cfg, decode=args.decode, gate_up=not args.down, chunk_m=chunk_m, tail_m=tail_m,
-                       s_words=not args.byte_scales, split_k=args.split_k, topk_sum=args.topk_sum)
+                       s_words=not args.byte_scales, split_k=args.split_k, topk_sum=args.topk_sum,
+                       finish_in_launch=args.finish_in_launch)
     sass = k.asm["sass"]
     if args.dump:
         with open(args.dump, "w") as f:

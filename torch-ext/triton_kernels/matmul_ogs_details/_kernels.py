@@ -613,6 +613,7 @@ def _matmul_ogs_kernel(
     PDL: tl.constexpr = False, CHUNK_M: tl.constexpr = 0, TAIL_M: tl.constexpr = 0,
     PREFETCH_S: tl.constexpr = True, S_WORDS: tl.constexpr = False, TAIL_64: tl.constexpr = False,
     TOPK_SUM: tl.constexpr = False, SUM_K: tl.constexpr = 1, SUM_BLOCK_T: tl.constexpr = 16,
+    FINISH_IN_LAUNCH: tl.constexpr = False,
 ):
     """One output tile. Split K (decode: too few tiles to keep every SM busy): SPLIT_K programs per
     tile (grid axis 2) each write the fp32 sum over their share of K into Partial[split]; then
@@ -630,10 +631,17 @@ def _matmul_ogs_kernel(
     TOPK_SUM (scatter, few tokens, one launch of tiles no taller than the routing's map): the
     top-k (SUM_K = k) sum into YSum [n_tokens, N_out] happens here instead of in `_topk_reduce_kernel`: the
     last program of each column tile (TileCounters, one per column tile) adds its rows, those of
-    Partial's splits with LINEAR_SPLITS, else those of Y."""
+    Partial's splits with LINEAR_SPLITS, else those of Y.
+    FINISH_IN_LAUNCH (split K, non-linear epilogue): no FINISH_SPLIT launch; the last split of each
+    output tile to arrive at its counter (TileCounters, one per tile) adds the partials and runs
+    the epilogue."""
     if PDL:
         gdc_wait()
     OUT_N: tl.constexpr = BLOCK_N // REDUCTION_N
+    # the counters see every program of the launch (TOPK_SUM), or every split of a tile (FINISH_IN_LAUNCH)
+    tl.static_assert(not TOPK_SUM or (ROUTED and CHUNK_M == 0 and BLOCK_M == MAP_BLOCK_M))
+    tl.static_assert(not TOPK_SUM or SPLIT_K == 1 or LINEAR_SPLITS)
+    tl.static_assert(not FINISH_IN_LAUNCH or (SPLIT_K > 1 and not LINEAR_SPLITS and not FINISH_SPLIT and not TOPK_SUM))
     if LINEAR_SPLITS:  # what the fused top-k sum adds: the splits' partials, or the output rows
         sum_src, sum_stride_s, sum_stride_m, sum_stride_n = Partial, stride_p_s, stride_p_m, 1
     else:
@@ -656,8 +664,6 @@ def _matmul_ogs_kernel(
         # routing tabulates tiles of MAP_BLOCK_M rows; a taller tile (or chunk) is RATIO of them, so
         # only the program holding the first of each run works (the others leave at once)
         RATIO = (CHUNK_M if CHUNK_M > 0 else BLOCK_M) // MAP_BLOCK_M  # a constexpr
-        tl.static_assert(not TOPK_SUM or (CHUNK_M == 0 and BLOCK_M == MAP_BLOCK_M))  # every program must arrive
-        tl.static_assert(not TOPK_SUM or SPLIT_K == 1 or LINEAR_SPLITS)
         if RATIO > 1:
             if block % RATIO != 0:
                 return
@@ -740,7 +746,19 @@ def _matmul_ogs_kernel(
                 _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, sum_src, sum_stride_s, sum_stride_m, sum_stride_n,
                                   SlotToRow, n_tokens, TileCounters, n_tiles_m * SPLIT_K, pid_n, N // REDUCTION_N,
                                   OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
-            return
+            if LINEAR_SPLITS or not FINISH_IN_LAUNCH:
+                return
+            # the last split of this tile to arrive adds the partials in split order (FINISH_SPLIT's
+            # sum, bit for bit) and runs the epilogue; its counter goes back to zero for the next call
+            tl.debug_barrier()  # every thread's partial store precedes the release below
+            tile = (pid_b * n_tiles_m + pid_m) * n_tiles_n + pid_n
+            if tl.atomic_add(TileCounters + tile, 1, sem="acq_rel", scope="gpu") != SPLIT_K - 1:
+                return
+            tl.store(TileCounters + tile, 0)
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for split in tl.static_range(SPLIT_K):
+                acc += tl.load(p_ptrs + split * stride_p_s, mask=mask_m[:, None] & mask_n[None, :], other=0.0,
+                               cache_modifier=".cg")
 
     acc = _linear_epilogue(acc, Bias + expt * stride_bias_e, Betas, Gammas, out_alpha, offs_m, mask_m, offs_n, mask_n,
                            True, HAS_BIAS, HAS_BETAS, HAS_GAMMAS, HAS_ALPHA)
