@@ -1224,3 +1224,55 @@ def test_hopper_build_of_every_decoder_compiles_and_quads_ptx_is_leanest():
         assert all(res[f"{gate_up}-{d}"][1] > 0 for d in per_value), res
         assert (per_value["quads_ptx_small"] < per_value["quads_ptx"] < per_value["ptx"] < per_value["words"]
                 < per_value["bytes"]), per_value
+
+
+def test_host_spans_are_those_of_the_views():
+    """_first_span / _span (the int32 check's spans, computed without making views) equal the
+    spans of t[0] and t from the views' own shapes and strides, empty and transposed ones included."""
+    import triton_kernels.matmul_ogs as mo
+
+    def view_span(t):
+        return 1 + sum((d - 1) * abs(s) for d, s in zip(t.shape, t.stride()) if d > 0)
+
+    base = torch.zeros(6, 10, 12)
+    for t in (base, base.transpose(1, 2), base[:, ::3], base[:0], base[:, :0], base[2:].unsqueeze(0),
+              base.transpose(0, 2)[1:], torch.zeros(0, 5)):
+        assert mo._span(t.shape, t.stride()) == view_span(t)
+        assert mo._first_span(t) == (view_span(t[0]) if t.shape[0] else 0)
+
+
+def test_host_integer_helpers_match_triton():
+    import triton_kernels.matmul_ogs as mo
+    for a in range(0, 300, 7):
+        for b in (1, 16, 64, 128):
+            assert mo._cdiv(a, b) == triton.cdiv(a, b)
+    for n in range(1, 200):
+        assert mo._next_pow2(n) == triton.next_power_of_2(n)
+    assert min(64, max(16, mo._next_pow2(0))) == min(64, max(16, triton.next_power_of_2(0)))  # SUM_BLOCK_T at n = 0
+
+
+def test_weight_span_follows_a_replaced_description(monkeypatch):
+    """The per-expert span of a wrapped weight is kept with its description: replacing the data by a
+    view whose expert spans past the int32 limit (lowered here) switches the launch to 64-bit
+    offsets (the kept span of the old data is not served), and back."""
+    if not layouts_available():
+        pytest.skip("tensor API not available yet")
+    import triton_kernels.matmul_ogs as mo
+    monkeypatch.setattr(mo, "_INT32_LIMIT", 10000)
+    codes, scales = mx_weight(1, 128, 64, 4, "cpu")
+    w, s = as_weight(codes, scales, "strided")
+    x = torch.randn(8, 128).bfloat16()
+    pc = PrecisionConfig(weight_scale=s)
+
+    def needs_int64():
+        p = mo._check(x, w, None, None, None, None, pc, None, None, None, None, None)
+        return mo._needs_int64(p, x.unsqueeze(0), x.unsqueeze(0), x.unsqueeze(0))
+
+    assert not needs_int64()
+    assert not needs_int64()  # from the kept description
+    data = w.storage.data  # [1, K/2 = 64, N = 64], K contiguous: span 64 + 64 * 64
+    assert data.stride()[1:] == (1, 64)
+    w.storage.data = torch.zeros(1, 64, 256, dtype=torch.uint8).transpose(1, 2)[:, :64]  # span 64 + 64 * 256
+    assert needs_int64()
+    w.storage.data = data
+    assert not needs_int64()

@@ -373,19 +373,34 @@ def _block_pid_map(expt_data, block_m: int) -> torch.Tensor:
 _INT32_LIMIT = 2 ** 31 - 1
 
 
-def _span(t: torch.Tensor) -> int:
-    """Largest element offset inside `t` (plus one), from its strides."""
-    return 1 + sum((d - 1) * abs(st) for d, st in zip(t.shape, t.stride()) if d > 0)
+# triton.cdiv / triton.next_power_of_2 are constexpr functions: a few us per host call
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _span(shape, strides) -> int:
+    """Largest element offset inside a tensor of this shape and these strides (plus one)."""
+    span = 1
+    for size, stride in zip(shape, strides):
+        if size > 0:
+            span += (size - 1) * abs(stride)
+    return span
+
+
+def _first_span(t: torch.Tensor) -> int:
+    """_span of t[0] (0 if t is empty along dim 0), without making the view."""
+    return _span(t.shape[1:], t.stride()[1:]) if t.shape[0] else 0
 
 
 def _needs_int64(p: _Problem, out: torch.Tensor, x: torch.Tensor, partial: torch.Tensor) -> bool:
     """Whether per-tile offsets (within one batch / expert; the expert base is always 64-bit) can pass 2^31."""
-    spans = [_span(out[0]) if out.shape[0] else 0, _span(x[0]) if x.shape[0] else 0, _span(partial)]
-    for op in (p.w, p.ws):
-        if op is not None:
-            a = op.addressing
-            groups = -(-op.rows // a.k_group)
-            spans.append(groups * abs(a.stride_k_group) + a.k_group * abs(a.stride_k_inner) + op.n * abs(a.stride_n))
+    spans = (_first_span(out), _first_span(x), _span(partial.shape, partial.stride()), p.w.expert_span,
+             p.ws.expert_span if p.ws is not None else 0)
     return max(spans) > _INT32_LIMIT
 
 
@@ -465,7 +480,7 @@ def _sum_counters(p: _Problem, cfg: MatmulConfig, n_parts: int, n_tiles_m: int, 
     dev = p.x.device
     cuda = dev.type == "cuda"
     stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else 0
-    return tile_counters(dev, stream, cuda and torch.cuda.is_current_stream_capturing(), triton.cdiv(p.n, cfg.block_n))
+    return tile_counters(dev, stream, cuda and torch.cuda.is_current_stream_capturing(), _cdiv(p.n, cfg.block_n))
 
 
 def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
@@ -503,8 +518,8 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         token_offs = expt_data.token_offs_raw
         n_tiles_m = block_pid_map.shape[0]
     else:
-        n_tiles_m = triton.cdiv(p.rows, cfg.block_m)
-    n_tiles_n = triton.cdiv(p.n, cfg.block_n)
+        n_tiles_m = _cdiv(p.rows, cfg.block_m)
+    n_tiles_n = _cdiv(p.n, cfg.block_n)
     if not (n_tiles_m and n_tiles_n and p.batch) or len(parts) > 1:
         split_k = 1
     elif config is None:
@@ -539,9 +554,10 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     if bias is not None:
         stride_bias_e = bias.stride(0) if bias.dim() == 2 and bias.shape[0] > 1 else 0
     args = list(p.act_args) + [None] * (_MAX_FN_ARGS - len(p.act_args))
+    out_strides, x_strides, partial_strides = out3.stride(), x3.stride(), partial.stride()
     launch_args = (
-        out3, out3.stride(0), out3.stride(1), out3.stride(2),
-        x3, x3.stride(0) if p.batch > 1 else 0, x3.stride(1), x3.stride(2),
+        out3, *out_strides,
+        x3, x_strides[0] if p.batch > 1 else 0, x_strides[1], x_strides[2],
         p.w.data, wa.stride_e if p.w.n_experts not in (None, 1) or p.routed else 0,
         wa.stride_k_group, wa.stride_k_inner, wa.stride_n,
         p.ws.data if p.ws is not None else x, sa.stride_e if sa is not None and (p.ws.n_experts not in (None, 1) or p.routed) else 0,
@@ -550,7 +566,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         betas if betas is not None else x, gammas if gammas is not None else x,
         float(out_alpha) if out_alpha is not None else 1.0,
         p.gather if p.gather is not None else token_offs, token_offs, block_pid_map,
-        partial, partial.stride(0), partial.stride(1) if split_k > 1 else 0, partial.stride(2) if split_k > 1 else 0,
+        partial, partial_strides[0], partial_strides[1] if split_k > 1 else 0, partial_strides[2] if split_k > 1 else 0,
         p.rows, p.n, p.k, p.n_expts_act, n_tiles_m,
         *((y_out, y_out.stride(0), y_out.stride(1), p.scatter, p.n_tokens, sum_counters) if sum_counters is not None
           else (out3, 0, 0, out3, 0, out3)),
@@ -567,7 +583,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
         CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
         TOPK_SUM=sum_counters is not None, SUM_K=p.n_expts_act if sum_counters is not None else 1,
-        SUM_BLOCK_T=min(64, max(16, triton.next_power_of_2(p.n_tokens))),  # up to 64 tokens in one step
+        SUM_BLOCK_T=min(64, max(16, _next_pow2(p.n_tokens))),  # up to 64 tokens in one step
     )
     words_layout = _grouped_scale_words(p)
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
@@ -575,7 +591,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
                     SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words, PREFETCH_S=prefetch_s,
                     TAIL_64=K_TAIL_64_STEPS and tail_in_64_steps(part, p.k))
-        grid = (n_tiles_m * triton.cdiv(p.n, part.block_n), p.batch)
+        grid = (n_tiles_m * _cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
             _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, **tile, FINISH_SPLIT=False,
                                                   LINEAR_SPLITS=linear_splits, launch_pdl=pdl,
@@ -590,7 +606,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         return out
     if p.n_tokens and p.n_out and sum_counters is None:
         block_t, block_n = (16, 64) if target_info.get_target().interpreter else (8, 512)
-        grid = (triton.cdiv(p.n_tokens, block_t), triton.cdiv(p.n_out, block_n))
+        grid = (_cdiv(p.n_tokens, block_t), _cdiv(p.n_out, block_n))
         inter = partial[:, 0] if linear_splits else out.unsqueeze(0)  # [splits, rows, N]
         _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1), inter.stride(2),
                                   p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,

@@ -13,6 +13,7 @@ torch.Tensor [E, K/32, N] / [K/32, N].
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -41,11 +42,19 @@ class Operand:
     rows: int  # K (dense), K/2 (FP4 bytes) or K/32 (scales) along the addressed k index
     n: int
 
+    @functools.cached_property
+    def expert_span(self) -> int:
+        """Bound of the element offsets inside one expert's matrix (the kernel's int32 check)."""
+        a = self.addressing
+        groups = -(-self.rows // a.k_group)
+        return groups * abs(a.stride_k_group) + a.k_group * abs(a.stride_k_inner) + self.n * abs(a.stride_n)
+
 
 def is_wrapped(t) -> bool:
     return hasattr(t, "storage") and hasattr(getattr(t, "storage"), "data") and not isinstance(t, torch.Tensor)
 
 
+@functools.lru_cache(maxsize=1)
 def fp4_marker():
     try:
         from ..tensor import FP4
