@@ -5,7 +5,8 @@
 Eager callers (transformers' generate) pay the Python work and the Triton launches of every call;
 when that exceeds the GPU time the GPU idles. This times back-to-back calls on the host clock
 (no synchronisation inside the loop; the queue is drained before and after) and, with --profile,
-prints the cProfile entries of one matmul_ogs call site.
+prints the cProfile entries of one matmul_ogs call site. gate_up and down are timed again with
+matmul_ogs.FAST_LAUNCH off (every launch through Triton's JIT).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from bench_matmul import HIDDEN, TOPK, Layer  # noqa: E402
+from triton_kernels import matmul_ogs as matmul_ogs_module  # noqa: E402
 from triton_kernels.routing import routing  # noqa: E402
 
 
@@ -59,6 +61,11 @@ def main() -> int:
     }
     for name, fn in rows.items():
         print(f"E={args.experts} T={args.tokens} {name:15s} host {host_us(fn):8.1f} us per call", flush=True)
+    matmul_ogs_module.FAST_LAUNCH = False  # A/B: every matmul_ogs launch through Triton's JIT
+    for name in ("gate_up", "down"):
+        print(f"E={args.experts} T={args.tokens} {name + ' (JIT)':15s} host {host_us(rows[name]):8.1f} us per call",
+              flush=True)
+    matmul_ogs_module.FAST_LAUNCH = True
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -62,7 +62,7 @@ from typing import Any, Callable
 import torch
 import triton
 
-from . import target_info
+from . import _fast_launch, target_info
 from ._grid_counters import tile_counters
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
@@ -466,6 +466,14 @@ def _pdl_ok() -> bool:
 K_TAIL_64_STEPS = True  # the K tail as 64-deep steps where `tail_in_64_steps` says (a switch for benchmarks)
 TOPK_SUM_IN_LAUNCH = True  # few tokens: the top-k sum in the matmul's own launch (a switch for benchmarks)
 TOPK_SUM_MAX_ROWS = 256  # rows (token slots x linear splits) the last program of a column tile adds
+FAST_LAUNCH = True  # repeated launches call the compiled kernel directly (`_fast_launch`; a switch for benchmarks)
+
+
+def _run_kernel(kernel, grid: tuple, *args, **kwargs) -> None:
+    if FAST_LAUNCH:
+        _fast_launch.launch(kernel, grid, *args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
 
 
 def _sum_counters(p: _Problem, cfg: MatmulConfig, n_parts: int, n_tiles_m: int, split_k: int, linear_splits: bool):
@@ -593,26 +601,25 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
                     TAIL_64=K_TAIL_64_STEPS and tail_in_64_steps(part, p.k))
         grid = (n_tiles_m * _cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
-            _matmul_ogs_kernel[grid + (split_k,)](*launch_args, **constexprs, **tile, FINISH_SPLIT=False,
-                                                  LINEAR_SPLITS=linear_splits, launch_pdl=pdl,
-                                                  num_warps=part.num_warps, num_stages=part.num_stages)
+            _run_kernel(_matmul_ogs_kernel, grid + (split_k,), *launch_args, **constexprs, **tile, FINISH_SPLIT=False,
+                        LINEAR_SPLITS=linear_splits, launch_pdl=pdl, num_warps=part.num_warps,
+                        num_stages=part.num_stages)
             if not linear_splits:
-                _matmul_ogs_kernel[grid](*launch_args, **constexprs, **tile, FINISH_SPLIT=True, launch_pdl=pdl,
-                                         num_warps=4, num_stages=1)
+                _run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, FINISH_SPLIT=True,
+                            launch_pdl=pdl, num_warps=4, num_stages=1)
         else:
-            _matmul_ogs_kernel[grid](*launch_args, **constexprs, **tile, launch_pdl=pdl,
-                                     num_warps=part.num_warps, num_stages=part.num_stages)
+            _run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, launch_pdl=pdl,
+                        num_warps=part.num_warps, num_stages=part.num_stages)
     if p.scatter is None:
         return out
     if p.n_tokens and p.n_out and sum_counters is None:
         block_t, block_n = (16, 64) if target_info.get_target().interpreter else (8, 512)
         grid = (_cdiv(p.n_tokens, block_t), _cdiv(p.n_out, block_n))
         inter = partial[:, 0] if linear_splits else out.unsqueeze(0)  # [splits, rows, N]
-        _topk_reduce_kernel[grid](y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1), inter.stride(2),
-                                  p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
-                                  INTERPRETED=target_info.get_target().interpreter,
-                                  BLOCK_T=block_t, BLOCK_N=block_n, N_SPLITS=inter.shape[0], PDL=pdl,
-                                  launch_pdl=pdl, num_warps=4)
+        _run_kernel(_topk_reduce_kernel, grid, y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1),
+                    inter.stride(2), p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
+                    INTERPRETED=target_info.get_target().interpreter, BLOCK_T=block_t, BLOCK_N=block_n,
+                    N_SPLITS=inter.shape[0], PDL=pdl, launch_pdl=pdl, num_warps=4)
     return y_out
 
 
