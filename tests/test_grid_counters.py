@@ -30,7 +30,7 @@ def test_tile_counters_per_stream_block_and_captures(monkeypatch):
     barrier counter and its tile counters never overlap."""
     monkeypatch.setattr(gc, "_POOLS", {})
     monkeypatch.setattr(gc, "POOL_COUNTERS", 70)  # 280 int32
-    monkeypatch.setattr(gc, "TILE_COUNTERS_PER_STREAM", 256)
+    monkeypatch.setattr(gc, "TILE_COUNTERS_PER_STREAM", 256)  # as a smaller pool test
     cpu = torch.device("cpu")
     a = gc.tile_counters(cpu, 5, False, 45)
     assert a.numel() == 45 and not a.any() and a.data_ptr() % 16 == 0

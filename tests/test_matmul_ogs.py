@@ -1276,3 +1276,44 @@ def test_weight_span_follows_a_replaced_description(monkeypatch):
     assert needs_int64()
     w.storage.data = data
     assert not needs_int64()
+
+
+@pytest.mark.parametrize("split_k", [2, 3])
+@pytest.mark.parametrize("gather,scatter,act", [(True, False, True), (False, False, False)])
+def test_split_finish_in_launch_equals_the_finishing_launch(device, monkeypatch, split_k, gather, scatter, act):
+    """K splits of a non-linear (or unscattered) epilogue: the last split of each output tile to
+    arrive adds the partials and runs the epilogue in the same launch, bit for bit what the
+    FINISH_SPLIT launch gives; one launch instead of two, the tile counters back at zero."""
+    from triton_kernels import matmul_ogs as M
+    cfg = MatmulConfig(16, 32, 32, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
+    outs = {}
+    for in_launch in (True, False):
+        monkeypatch.setattr(M, "SPLIT_FINISH_IN_LAUNCH", in_launch)
+        matmul = _GridRecorder(M._matmul_ogs_kernel)
+        monkeypatch.setattr(M, "_matmul_ogs_kernel", matmul)
+        counters = spy_on(monkeypatch, M, "_finish_counters")
+        out, ref, _ = run_routed(device, gather, scatter, True, act, "mxfp4", "default", n_tokens=9, n_expts=6,
+                                 kdim=160, n=64, config=cfg)
+        assert not out.isnan().any(), "output not fully written"
+        assert rel_err(out, ref) <= 1e-2
+        assert (counters[-1] is not None) == in_launch
+        assert len(matmul.grids) == (1 if in_launch else 2)
+        assert _all_zero(counters)
+        outs[in_launch] = out
+    assert torch.equal(outs[True], outs[False])
+
+
+def test_split_finish_in_launch_batched(device, monkeypatch):
+    """Batched (unrouted) matmul with a forced K split: the tile counters cover every batch's tiles."""
+    from triton_kernels import matmul_ogs as M
+    counters = spy_on(monkeypatch, M, "_finish_counters")
+    torch.manual_seed(5)
+    x = torch.randn(3, 20, 96, device=device).bfloat16()
+    w = (torch.randn(3, 96, 48, device=device) / 10).bfloat16()
+    cfg = MatmulConfig(16, 32, 32, 1, 4, 1, swap_xw=True, split_k=2)
+    fa = FusedActivation(FnSpecs("scaled_relu", scaled_relu, ("slope",), torch_fn=lambda t, s: torch.where(t > 0, t, t * s)),
+                         (0.25,), 1)
+    out = matmul_ogs(x, w, None, fused_activation=fa, config=cfg)
+    ref = matmul_ogs_torch(x, w, None, fused_activation=fa)
+    assert counters[-1] is not None and counters[-1].numel() == 3 * 2 * 2
+    assert rel_err(out, ref) <= 1e-2 and _all_zero(counters)

@@ -4,8 +4,10 @@ into the graph). Two users, each keeping its counters in a state the next call c
 
 * routing's one-launch grid barrier (`routing_details._kernels._grid_barrier`): one counter per
   call, left a multiple of GRID_BARRIER_STRIDE, so it is never reset;
-* matmul_ogs's top-k sum in the down projection's own launch (`_topk_sum_if_last`): one counter
-  per column tile, set back to zero by the last program to arrive.
+* matmul_ogs's sums in the matmul's own launch: the down projection's top-k sum
+  (`_topk_sum_if_last`, one counter per column tile) and the K splits of a non-linear epilogue
+  (FINISH_IN_LAUNCH, one counter per output tile); each set back to zero by the last program to
+  arrive.
 
 A counter serves one call at a time:
 
@@ -26,7 +28,7 @@ import torch
 
 POOL_COUNTERS = 1 << 16  # units of COUNTER_STRIDE int32 (1 MiB per device)
 COUNTER_STRIDE = 4  # int32 per unit: every block 16-byte aligned, as Triton specializes pointers on it
-TILE_COUNTERS_PER_STREAM = 256  # column tiles of one eager matmul_ogs call that can sum in its launch
+TILE_COUNTERS_PER_STREAM = 512  # tiles of one eager matmul_ogs call that can count arrivals in its launch
 
 
 @dataclasses.dataclass
@@ -73,6 +75,6 @@ def barrier_counter(device: torch.device, stream: int, capturing: bool) -> torch
 
 
 def tile_counters(device: torch.device, stream: int, capturing: bool, n: int) -> torch.Tensor | None:
-    """n zeroed counters (one per column tile) for one matmul_ogs call, which leaves them zero; or
+    """n zeroed counters (one per tile) for one matmul_ogs call, which leaves them zero; or
     None (see the module docstring)."""
     return _counters(device, stream, capturing, "tiles", n, TILE_COUNTERS_PER_STREAM)

@@ -466,6 +466,7 @@ def _pdl_ok() -> bool:
 K_TAIL_64_STEPS = True  # the K tail as 64-deep steps where `tail_in_64_steps` says (a switch for benchmarks)
 TOPK_SUM_IN_LAUNCH = True  # few tokens: the top-k sum in the matmul's own launch (a switch for benchmarks)
 TOPK_SUM_MAX_ROWS = 256  # rows (token slots x linear splits) the last program of a column tile adds
+SPLIT_FINISH_IN_LAUNCH = True  # K splits of a non-linear epilogue finished by their last split (a switch for benchmarks)
 FAST_LAUNCH = True  # repeated launches call the compiled kernel directly (`_fast_launch`; a switch for benchmarks)
 
 
@@ -474,6 +475,14 @@ def _run_kernel(kernel, grid: tuple, *args, **kwargs) -> None:
         _fast_launch.launch(kernel, grid, *args, **kwargs)
     else:
         kernel[grid](*args, **kwargs)
+
+
+def _call_counters(dev: torch.device, n: int) -> torch.Tensor | None:
+    """n zeroed counters for this call from `_grid_counters` (this stream's block, or the captured
+    call's own), or None where none can be had."""
+    cuda = dev.type == "cuda"
+    stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else 0
+    return tile_counters(dev, stream, cuda and torch.cuda.is_current_stream_capturing(), n)
 
 
 def _sum_counters(p: _Problem, cfg: MatmulConfig, n_parts: int, n_tiles_m: int, split_k: int, linear_splits: bool):
@@ -485,10 +494,15 @@ def _sum_counters(p: _Problem, cfg: MatmulConfig, n_parts: int, n_tiles_m: int, 
         return None
     if p.n_tokens * p.n_expts_act * (split_k if linear_splits else 1) > TOPK_SUM_MAX_ROWS:
         return None
-    dev = p.x.device
-    cuda = dev.type == "cuda"
-    stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else 0
-    return tile_counters(dev, stream, cuda and torch.cuda.is_current_stream_capturing(), _cdiv(p.n, cfg.block_n))
+    return _call_counters(p.x.device, _cdiv(p.n, cfg.block_n))
+
+
+def _finish_counters(p: _Problem, n_tiles: int, split_k: int, linear_splits: bool):
+    """The output tiles' counters where the last split of each tile finishes it in the launch (K split
+    with a non-linear epilogue), else None (the FINISH_SPLIT launch)."""
+    if not (SPLIT_FINISH_IN_LAUNCH and split_k > 1 and not linear_splits):
+        return None
+    return _call_counters(p.x.device, n_tiles)
 
 
 def _fit_config(cfg: MatmulConfig, p: _Problem) -> MatmulConfig:
@@ -541,6 +555,8 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     linear_splits = split_k > 1 and p.scatter is not None and p.act_fn is identity_fn and not p.act_args
 
     sum_counters = _sum_counters(p, cfg, len(parts), n_tiles_m, split_k, linear_splits) if n_tiles_n else None
+    finish_counters = _finish_counters(p, n_tiles_m * n_tiles_n * p.batch, split_k, linear_splits)
+    counters = sum_counters if sum_counters is not None else finish_counters
     y_out = None
     if p.scatter is not None:
         y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
@@ -576,8 +592,9 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         p.gather if p.gather is not None else token_offs, token_offs, block_pid_map,
         partial, partial_strides[0], partial_strides[1] if split_k > 1 else 0, partial_strides[2] if split_k > 1 else 0,
         p.rows, p.n, p.k, p.n_expts_act, n_tiles_m,
-        *((y_out, y_out.stride(0), y_out.stride(1), p.scatter, p.n_tokens, sum_counters) if sum_counters is not None
-          else (out3, 0, 0, out3, 0, out3)),
+        *((y_out, y_out.stride(0), y_out.stride(1), p.scatter, p.n_tokens) if sum_counters is not None
+          else (out3, 0, 0, out3, 0)),
+        counters if counters is not None else out3,
         *args,
     )
     pdl = _pdl_ok()
@@ -602,9 +619,9 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         grid = (n_tiles_m * _cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
             _run_kernel(_matmul_ogs_kernel, grid + (split_k,), *launch_args, **constexprs, **tile, FINISH_SPLIT=False,
-                        LINEAR_SPLITS=linear_splits, launch_pdl=pdl, num_warps=part.num_warps,
-                        num_stages=part.num_stages)
-            if not linear_splits:
+                        LINEAR_SPLITS=linear_splits, FINISH_IN_LAUNCH=finish_counters is not None, launch_pdl=pdl,
+                        num_warps=part.num_warps, num_stages=part.num_stages)
+            if not linear_splits and finish_counters is None:
                 _run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, FINISH_SPLIT=True,
                             launch_pdl=pdl, num_warps=4, num_stages=1)
         else:

@@ -31,8 +31,9 @@ class MatmulConfig:
     # ("ptx" -> "words" -> "bytes") where the operands or the backend do not allow it.
     decode: str = "bytes"
     # K split over this many programs per output tile (decode: too few tiles to fill the GPU); the
-    # fp32 partial sums are added in a fixed order by a second launch that runs the epilogue (or,
-    # for a linear epilogue under a scatter, by the top-k reduce).
+    # fp32 partial sums are added in a fixed order by the last split of each tile to finish, which
+    # runs the epilogue (a second launch where no tile counters can be had), or, for a linear
+    # epilogue under a scatter, by the top-k sum.
     # choose_config leaves 1; the launch picks a split for automatic configs (split_k_for).
     split_k: int = 1
     # Tiles sized per expert (routed calls; ignored otherwise): each expert's rows are cut into
