@@ -278,13 +278,14 @@ def test_gpu_changed_specialization_gets_its_own_compiled_kernel(monkeypatch):
     assert len(jit_results) == n_jit  # relaunched directly
     h_bad = _misaligned_like(ref[0])
     got = _layer(m, y_h=h_bad)
-    assert len(jit_results) == n_jit + 1  # gate_up's misaligned output: through the JIT once more
-    new = jit_results[-1]
-    assert all(new is not old for old in jit_results[:n_jit])  # a kernel compiled for it, not the aligned one
-    assert new.src.attrs != jit_results[0].src.attrs  # gate_up's aligned kernel: other pointer attributes
+    # the misaligned h is gate_up's output and down's input: each call through the JIT once more
+    assert len(jit_results) == n_jit + 2
+    new = jit_results[n_jit:]
+    assert all(k is not old for k in new for old in jit_results[:n_jit])  # compiled for it, not the aligned ones
+    assert new[0].src.attrs != jit_results[0].src.attrs  # gate_up's aligned kernel: other pointer attributes
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
     _layer(m, y_h=_misaligned_like(ref[0]))
-    assert len(jit_results) == n_jit + 1  # the misaligned kernel is cached too
+    assert len(jit_results) == n_jit + 2  # the misaligned kernels are cached too
     fl.clear()
 
 
