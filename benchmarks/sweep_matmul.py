@@ -89,9 +89,18 @@ SMALL_WARPS = [C(16, 64, 256, 1, 2, 3, True), C(16, 64, 256, 1, 2, 4, True), C(1
                C(16, 32, 256, 1, 1, 3, True, "ptx", 2), C(16, 64, 256, 1, 2, 4, True, "ptx", 2)]
 
 
+# K splits of the shipped decode tile (and two neighbours): gate_up's splits are finished by their
+# last split in the launch (FINISH_IN_LAUNCH), down's by the in-launch top-k sum (NOTES section 23)
+SPLITS = [C(16, 64, 256, 1, 4, 3, True, "ptx", split) for split in (1, 2, 3, 4)] + [
+    C(16, 64, 128, 1, 4, 4, True, "ptx", split) for split in (2, 4)] + [
+    C(16, 128, 256, 1, 4, 3, True, "ptx", split) for split in (2, 4)]
+
+
 def candidates(rows_per_expt, which="all"):
     if which == "warps":
         return SMALL_WARPS
+    if which == "splits":
+        return SPLITS
     if rows_per_expt <= 16:
         regime, fill = DECODE, FILL_DECODE
     elif rows_per_expt <= 32:  # between the regimes: the 32-row default against decode-style tiles and tails
@@ -151,9 +160,10 @@ def main():
     ap.add_argument("--cold-sets", type=int, default=8,
                     help="for T <= 8, time R calls in one graph, each routed to other experts (weights read "
                          "from DRAM as in a model of many layers, not from L2); 0: one repeated call")
-    ap.add_argument("--candidates", choices=["all", "fill", "warps"], default="all",
+    ap.add_argument("--candidates", choices=["all", "fill", "warps", "splits"], default="all",
                     help="fill: only the default config and the tile-height / tiles-per-expert candidates; "
-                         "warps: the default and decode tiles on 1-2 warps (mma.sync)")
+                         "warps: the default and decode tiles on 1-2 warps (mma.sync); "
+                         "splits: the decode tile with 1-4 K splits")
     args = ap.parse_args()
     t_start = time.time()
     buf = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
