@@ -172,13 +172,12 @@ def auto_plan(n_tokens, n_expts, k=TOPK, orig=None):
     """The plan `routing` takes for this shape (`orig`: make_routing_plan, where a sweep replaces it)."""
     orig = orig or routing_details.make_routing_plan
     return orig(n_tokens, n_expts, k, 1, False, routing_details._target_programs(), routing_details.FUSED_MAX_TILES,
-                False, routing_details.ROWS_PATH, routing_details._one_launch_programs(), routing_details.COLUMN_SPLIT)
+                False, routing_details.ROWS_PATH, routing_details._one_launch_programs())
 
 
 def plan_summary(n_tokens, n_expts, k) -> dict:
     plan = auto_plan(n_tokens, n_expts, k)
-    return dict(fused=plan.fused, rows_q=plan.rows_q, one_launch=plan.one_launch, column_split=plan.column_split,
-                block_t=plan.block_t,
+    return dict(fused=plan.fused, rows_q=plan.rows_q, one_launch=plan.one_launch, block_t=plan.block_t,
                 n_iter=plan.n_iter, topk_programs=plan.n_parts, num_warps=plan.num_warps,
                 place_programs=0 if plan.fused else plan.n_place_programs, place_warps=plan.place_warps, reg_softmax=plan.reg_softmax, workspace_int32=plan.total)
 
@@ -271,57 +270,30 @@ def time_variant(logits, reps: int, kind: str, name: str) -> dict:
     return dict(T=n_tokens, E=n_expts, variant=name, bad=bad, graph_us=g1, graph_x16_us=g16)
 
 
-def time_switches(logits, reps: int, switches: dict, label: str) -> dict:
-    """time_variant under the module switches `switches` (routing_details names), restored after."""
-    saved = {name: getattr(routing_details, name) for name in switches}
-    for name, value in switches.items():
-        setattr(routing_details, name, value)
-    routing_details.make_routing_plan.cache_clear()  # ONE_LAUNCH_MAX_WARPS is read when a plan is made
-    try:
-        plan = plan_summary(*logits.shape, TOPK)
-        path = "column split" if plan["column_split"] else "one launch" if plan["one_launch"] else "two launches"
-        row = time_variant(logits, reps, "flags", f"{label} [{path}]")
-        return dict(row, plan=plan)
-    finally:
-        for name, value in saved.items():
-            setattr(routing_details, name, value)
-        routing_details.make_routing_plan.cache_clear()
-
-
 def sweep_flags(dtype, reps: int) -> list[dict]:
     """The rows path's one launch against two (the placement a programmatic dependent launch or
     not), and the split path against the fused one at T = 64."""
     out = []
-    flags = [dict(ONE_LAUNCH=True, ONE_LAUNCH_MAX_WARPS=16, COLUMN_SPLIT=False, PDL=True),
-             dict(ONE_LAUNCH=True, ONE_LAUNCH_MAX_WARPS=0, COLUMN_SPLIT=True, PDL=True),
-             dict(ONE_LAUNCH=False, PDL=True), dict(ONE_LAUNCH=False, PDL=False)]
+    flags = [dict(ONE_LAUNCH=True, ONE_LAUNCH_MAX_WARPS=16, PDL=True), dict(ONE_LAUNCH=False, PDL=True),
+             dict(ONE_LAUNCH=False, PDL=False)]
     default = routing_details.FUSED_MAX_TILES
     shapes = [(n_tokens, n_expts, default) for n_tokens in (1024, 4096, 16384) for n_expts in (32, 128)]
     shapes += [(64, n_expts, fused_max) for n_expts in (32, 128) for fused_max in (default, 0)]
+    saved = {name: getattr(routing_details, name)
+             for name in ("ONE_LAUNCH", "ONE_LAUNCH_MAX_WARPS", "PDL", "FUSED_MAX_TILES")}
     for n_tokens, n_expts, fused_max in shapes:
         logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
         for f in flags if n_tokens > 64 or fused_max == 0 else flags[:1]:
-            name = " ".join(f"{k}={v}" for k, v in f.items()) + f" fused_max_tiles={fused_max}"
-            out.append(time_switches(logits, reps, dict(f, FUSED_MAX_TILES=fused_max), name))
-    return out
-
-
-# The column-split one launch against the other forms: ONE_LAUNCH_MAX_WARPS = 0 puts every shape
-# whose grid fits on it (4096 rows too, which otherwise take the plain one launch).
-COLUMN_SPLIT_AB = (("column split", dict(ONE_LAUNCH=True, COLUMN_SPLIT=True, ONE_LAUNCH_MAX_WARPS=0)),
-                   ("one launch, all counts rows", dict(ONE_LAUNCH=True, COLUMN_SPLIT=False, ONE_LAUNCH_MAX_WARPS=16)),
-                   ("two launches", dict(ONE_LAUNCH=False)),
-                   ("defaults", {}))
-
-
-def sweep_column_split(dtype, reps: int, shapes) -> list[dict]:
-    """Each shape under each form of COLUMN_SPLIT_AB, in turns (so drift hits all forms alike)."""
-    out = []
-    for n_tokens, n_expts in shapes:
-        logits = torch.randn(n_tokens, n_expts, device="cuda").to(dtype)
-        for _ in range(2):
-            for label, switches in COLUMN_SPLIT_AB:
-                out.append(time_switches(logits, reps, switches, label))
+            for name, value in dict(f, FUSED_MAX_TILES=fused_max).items():
+                setattr(routing_details, name, value)
+            routing_details.make_routing_plan.cache_clear()  # ONE_LAUNCH_MAX_WARPS is read when a plan is made
+            try:
+                name = " ".join(f"{k}={v}" for k, v in f.items()) + f" fused_max_tiles={fused_max}"
+                out.append(time_variant(logits, reps, "flags", name))
+            finally:
+                for name, value in saved.items():
+                    setattr(routing_details, name, value)
+                routing_details.make_routing_plan.cache_clear()
     return out
 
 
@@ -369,9 +341,6 @@ def main() -> int:
     parser.add_argument("--sweep-place", action="store_true", help="also time placement variants at E = 128")
     parser.add_argument("--sweep-rows", action="store_true", help="also time the rows path's tilings")
     parser.add_argument("--sweep-flags", action="store_true", help="also time the split path's launch switches")
-    parser.add_argument("--ab-column-split", default=None, metavar="TxE,...",
-                        help="only time the column-split one launch against the other forms at these shapes "
-                             "(e.g. 16384x128,16384x64,4096x128)")
     args = parser.parse_args()
     if args.sweep_only:
         swept = sweep(getattr(torch, args.dtype), 100)
@@ -381,13 +350,6 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_routing: needs a CUDA GPU", file=sys.stderr)
         return 2
-    if args.ab_column_split:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.ab_column_split.split(",")]
-        swept = sweep_column_split(getattr(torch, args.dtype), args.reps, shapes)
-        with open(args.out, "w") as f:
-            json.dump(dict(meta=dict(device=torch.cuda.get_device_name(), commit=commit(), dtype=args.dtype, k=TOPK),
-                           column_split_ab=swept), f, indent=2)
-        return 0 if not any(r["bad"] for r in swept) else 1
     target = target_info.get_target()
     dtype = getattr(torch, args.dtype)
     import triton
