@@ -6,12 +6,9 @@ import warnings
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from triton_kernels import routing as R
 from triton_kernels import routing_details, target_info
-from triton_kernels.routing_details._kernels import BLOCK_SIZES, _column_prefixes, _rows_scratch, _ws_layout
 
 POISON = 0x7FC0DEAD  # as int32 a value no index/offset takes; as float32 a NaN
 
@@ -395,168 +392,6 @@ def test_routing_cooperative_launch_refused_falls_back_for_good(device, poisoned
     assert not routing_details._COOPERATIVE_REFUSED
 
 
-def force_column_split(monkeypatch, request, programs=None):
-    """Switches that put small shapes on the column-split one launch: programs of any warps count
-    as too many for the plain one launch. programs: the top-k programs wanted and the grid that
-    fits (None: the device's own; the interpreter runs programs one after the other, so more than
-    one would wait at the barrier for good)."""
-    if programs is not None:
-        monkeypatch.setattr(routing_details, "_target_programs", lambda: programs)
-        monkeypatch.setattr(routing_details, "_one_launch_programs", lambda: programs)
-    monkeypatch.setattr(routing_details, "ONE_LAUNCH_MAX_WARPS", 0)
-    monkeypatch.setattr(routing_details, "COLUMN_SPLIT", True)
-    routing_details.make_routing_plan.cache_clear()  # plans made under ONE_LAUNCH_MAX_WARPS = 0 stay here
-    request.addfinalizer(routing_details.make_routing_plan.cache_clear)
-
-
-def routing_plan_now(T, E, k, simulated_ep=1):
-    """The plan routing_triton takes under the current switches."""
-    return routing_details.make_routing_plan(T, E, k, simulated_ep, False, routing_details._target_programs(),
-                                             routing_details.FUSED_MAX_TILES, False, routing_details.ROWS_PATH,
-                                             routing_details._one_launch_programs(), routing_details.COLUMN_SPLIT)
-
-
-def assert_same_outputs(got, ref):
-    """routing_triton's raw outputs bit for bit (the weights as their bits)."""
-    def flat(out):
-        scal, topk, gate, hist, raw, pads, maps = out
-        return [scal.view(torch.int32), topk, gate, hist, raw] + [pads[bm] for bm in BLOCK_SIZES] + [
-            maps[bm] for bm in BLOCK_SIZES]
-    for i, (a, b) in enumerate(zip(flat(got), flat(ref))):
-        assert torch.equal(a, b), f"output {i} differs:\n{a}\n{b}"
-
-
-def column_split_logits(T, E, kind, device):
-    g = torch.Generator().manual_seed(T * 31 + E)
-    if kind == "ties":
-        logits = tie_heavy(T, E, torch.float32, T + E)
-    else:
-        logits = torch.randn(T, E, generator=g)
-    if kind == "hot":  # every row picks expert 3 (the most slots one program can count, in a byte)
-        logits[:, 3] += 100.0
-    return logits.to(torch.bfloat16).to(device)
-
-
-def check_column_split(logits, k, **kw):
-    """routing on the column-split plan against routing_torch and against the two launches (the
-    same switches with COLUMN_SPLIT off), bit for bit; returns the plan."""
-    T, E = logits.shape
-    ep = kw.get("simulated_ep", 1)
-    plan = routing_plan_now(T, E, k, ep)
-    assert plan.one_launch and plan.column_split and plan.rows_q
-    launched = []
-    real_launch = routing_details._launch
-
-    def launch(fn, *args, **kwargs):
-        launched.append(fn.__name__)
-        return real_launch(fn, *args, **kwargs)
-
-    args = (logits, k, False, None, ep, kw.get("n_rows"))
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(routing_details, "_launch", launch)
-        assert_routing_equal(*run_both(logits, k, **kw))
-        split = routing_details.routing_triton(*args)
-        m.setattr(routing_details, "COLUMN_SPLIT", False)
-        assert not routing_plan_now(T, E, k, ep).one_launch
-        two = routing_details.routing_triton(*args)
-    assert launched == ["routing_rows_kernel"] * 3 + ["routing_place_kernel"]
-    assert_same_outputs(split, two)
-    return plan
-
-
-COLUMN_SPLIT_CASES = [dict(T=100, E=64, k=4), dict(T=100, E=64, k=4, kind="ties"),
-                      dict(T=128, E=128, k=2, kind="hot"), dict(T=45, E=128, k=4, n_rows=31, simulated_ep=2),
-                      dict(T=20, E=256, k=8), dict(T=70, E=100, k=3, n_rows="tensor", kind="ties"),
-                      dict(T=40, E=64, k=4, simulated_ep=4, kind="hot")]
-
-
-@pytest.mark.parametrize("case", COLUMN_SPLIT_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_routing_column_split_single_program(case, device, poisoned_workspace, monkeypatch, request):
-    """The column-split one launch (barrier, the counts summed by column, barrier, placement) with
-    one program, which takes every column (the interpreter cannot run several programs that wait
-    for each other: the GPU tests run many). Equal to routing_torch and to the two launches; the
-    counter ends each call two strides on."""
-    from triton_kernels.routing_details._kernels import GRID_BARRIER_STRIDE
-    case = dict(case)
-    T, E, k, kind = case.pop("T"), case.pop("E"), case.pop("k"), case.pop("kind", "random")
-    force_column_split(monkeypatch, request, programs=1)
-    counter = torch.zeros(4, dtype=torch.int32, device=device)
-    monkeypatch.setattr(routing_details, "barrier_counter", lambda *a: counter[:1])
-    if case.get("n_rows") == "tensor":
-        case["n_rows"] = torch.tensor(T - 20, device=device)
-    plan = check_column_split(column_split_logits(T, E, kind, device), k, **case)
-    assert plan.n_parts == 1 and plan.part_rows == 1
-    # routing, routing_triton with the split: two calls, two barriers each
-    assert counter.tolist() == [4 * GRID_BARRIER_STRIDE.value, 0, 0, 0]
-
-
-@triton.jit
-def _column_prefixes_kernel(counts_ptr, ws_ptr, prefix_o, totals_o, PARTS_PAD: tl.constexpr, E_PAD: tl.constexpr):
-    _column_prefixes(counts_ptr, ws_ptr + prefix_o, ws_ptr + totals_o, tl.program_id(0), tl.num_programs(0),
-                     PARTS_PAD, E_PAD)
-
-
-@pytest.mark.parametrize("n_parts,e_pad", [(1, 32), (3, 32), (7, 128), (32, 32), (45, 32), (5, 256)])
-def test_column_prefixes_over_several_programs(n_parts, e_pad, device):
-    """The column split's middle phase alone, with several programs (no barrier needed: the counts
-    rows are there before the launch): columns q, q + P, ... per program, idle programs where P > E,
-    every prefix and total written and exact (counts up to 128, the most a program holds)."""
-    g = torch.Generator().manual_seed(n_parts * e_pad)
-    counts = torch.randint(0, 129, (n_parts, e_pad), generator=g, dtype=torch.int32)
-    counts[:, 1] = 128
-    ws = torch.full((n_parts * e_pad + e_pad + 2,), POISON, dtype=torch.int32, device=device)
-    _column_prefixes_kernel[(n_parts,)](counts.to(torch.uint8).to(device), ws, 1, 1 + n_parts * e_pad,
-                                        PARTS_PAD=1 << (n_parts - 1).bit_length(), E_PAD=e_pad, num_warps=4)
-    ws = ws.cpu()
-    assert ws[0] == POISON and ws[-1] == POISON  # nothing outside the two segments
-    assert torch.equal(ws[1:1 + n_parts * e_pad].view(n_parts, e_pad), counts.cumsum(0) - counts)
-    assert torch.equal(ws[1 + n_parts * e_pad:-1], counts.sum(0).int())
-
-
-@triton.jit
-def _rows_scratch_end_kernel(out_ptr, n_slots, n_local, n_parts, n_tokens, E_PAD: tl.constexpr):
-    offsets = _ws_layout(n_slots, n_local, n_parts, E_PAD)
-    rank8_o, prefix_o, totals_o = _rows_scratch(offsets[13], n_parts, n_tokens, E_PAD)
-    tl.store(out_ptr, rank8_o)
-    tl.store(out_ptr + 1, prefix_o)
-    tl.store(out_ptr + 2, totals_o + E_PAD)
-
-
-@pytest.mark.parametrize("T,E,k,ep,rows", [(100, 64, 4, 1, 16), (16384, 128, 4, 1, 128), (45, 100, 3, 2, 16),
-                                          (8191, 256, 8, 4, 64)])
-def test_column_split_scratch_fits_the_host_layout(T, E, k, ep, rows, device):
-    """The kernel's scratch offsets (`_rows_scratch`) against the host's sizes (`_layout`): the
-    byte ranks start 16-byte aligned, the prefixes right after them, and the totals end within
-    the workspace, by less than the alignment's 3 int32 of padding."""
-    plan = routing_details._rows_plan(T, E, k, ep, rows, routing_details.ROWS_Q, one_launch=True, column_split=True)
-    out = torch.zeros(3, dtype=torch.int32, device=device)
-    _rows_scratch_end_kernel[(1,)](out, T * k, E // ep, plan.n_parts, T, E_PAD=plan.e_pad)
-    rank8_o, prefix_o, end = out.tolist()
-    assert rank8_o % 4 == 0 and prefix_o == rank8_o + T * plan.e_pad // 4
-    assert plan.total - 3 <= end <= plan.total
-    plain = routing_details._rows_plan(T, E, k, ep, rows, routing_details.ROWS_Q, one_launch=True)
-    assert plan.total - plain.total == plan.n_parts * plan.e_pad + plan.e_pad
-
-
-def test_column_split_is_taken_where_the_programs_are_too_wide_for_one_launch():
-    """With a grid of 132 programs: the column split where one launch was refused for its warps
-    (16384 x 64..256, 8192 x 128), the plain one launch where the warps allow it (4096 x 128), two
-    launches past the grid (65536) or with the switch off."""
-    def plan(T, E, k=4, split=True):
-        return routing_details.make_routing_plan(T, E, k, 1, False, 132, routing_details.FUSED_MAX_TILES, False,
-                                                 True, 132, split)
-    for T, E, k in [(16384, 128, 4), (16384, 64, 4), (16384, 256, 8), (8192, 128, 4)]:
-        p = plan(T, E, k)
-        assert p.one_launch and p.column_split and p.n_parts <= 132
-        assert p.num_warps > routing_details.ONE_LAUNCH_MAX_WARPS
-        assert p.part_rows == 1 << (p.n_parts - 1).bit_length()
-        off = plan(T, E, k, split=False)
-        assert not off.one_launch and not off.column_split and off.total < p.total
-    p = plan(4096, 128)
-    assert p.one_launch and not p.column_split and p == plan(4096, 128, split=False)
-    assert not plan(65536, 128).one_launch and not plan(65536, 128).column_split
-
-
 def test_routing_all_tokens_on_one_expert(path, device, poisoned_workspace):
     logits = torch.randn(150, 32, generator=torch.Generator().manual_seed(3))
     logits[:, 5] += 100.0
@@ -789,14 +624,13 @@ for user, smf in [(False, False), (True, True)]:
                                                          TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user,
                                                          COUNTS8=not user, USE_PDL=not user,
                                                          PACKED_SCANS=not user), 4)
-for dt, e, k, rows, q, one, split in [("*bf16", 128, 4, 128, 4, True, False), ("*fp32", 40, 3, 16, 1, False, False),
-                                      ("*fp16", 256, 8, 32, 4, True, False), ("*bf16", 128, 4, 128, 4, False, False),
-                                      ("*bf16", 128, 4, 128, 4, True, True)]:
+for dt, e, k, rows, q, one in [("*bf16", 128, 4, 128, 4, True), ("*fp32", 40, 3, 16, 1, False),
+                               ("*fp16", 256, 8, 32, 4, True), ("*bf16", 128, 4, 128, 4, False)]:
     build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64", "bar_ptr": "*i32"},
           dict(K=k, K_PAD=1 << (k - 1).bit_length(), E_PAD=max(32, 1 << (e - 1).bit_length()), ROWS=rows, Q=q,
                N_ROWS_FROM_PTR=True, PACK32=dt != "*fp32", FULL_E=e == 128, RANK_BLOCK=16 if e == 40 else 128,
-               USE_PDL=q == 4 and not one, ONE_LAUNCH=one, PART_ROWS=128 if split else 64 if one else 1,
-               TILE_BLOCK=8, PACKED_SCANS=one, COLUMN_SPLIT=split),
+               USE_PDL=q == 4 and not one, ONE_LAUNCH=one, PART_ROWS=64 if one else 1, TILE_BLOCK=8,
+               PACKED_SCANS=one),
           max(1, rows * q // 32))
 build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
 print("compiled")
@@ -857,24 +691,19 @@ def test_routing_gpu_options(T, E, k):
 @pytest.mark.gpu
 def test_routing_gpu_one_launch_where_the_grid_fits():
     """The full-size tests above run the one-launch path where the rows path has at most one program
-    per SM: plainly with at most ONE_LAUNCH_MAX_WARPS warps, with the column split (COLUMN_SPLIT)
-    beyond; two launches past one program per SM, or with the switch off where it was needed."""
-    for T, E, one, split in [(4096, 128, True, False), (4096, 256, True, False), (16384, 128, True, True),
-                             (65536, 128, False, False)]:
-        for switch in (True, False):
-            plan = routing_details.make_routing_plan(T, E, 4, 1, False, routing_details._target_programs(),
-                                                     routing_details.FUSED_MAX_TILES, False, True,
-                                                     routing_details._one_launch_programs(), switch)
-            assert plan.rows_q and plan.column_split == (split and switch), (T, E, plan)
-            assert plan.one_launch == (one and (switch or not split)), (T, E, plan)
+    per SM of at most ONE_LAUNCH_MAX_WARPS warps, and two launches beyond."""
+    for T, E, one in [(4096, 128, True), (4096, 256, True), (16384, 128, False), (65536, 128, False)]:
+        plan = routing_details.make_routing_plan(T, E, 4, 1, False, routing_details._target_programs(),
+                                                 routing_details.FUSED_MAX_TILES, False, True,
+                                                 routing_details._one_launch_programs())
+        assert plan.rows_q and plan.one_launch == one, (T, E, plan)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("T", [4096, 16384])  # 16384: the column split (two barriers per call)
-def test_routing_gpu_one_launch_concurrent_streams(T):
+def test_routing_gpu_one_launch_concurrent_streams():
     """Eager one-launch calls on two streams at once: each stream has its own barrier counter."""
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
-    logits = [torch.randn(T, 128, device="cuda").to(torch.bfloat16) for _ in streams]
+    logits = [torch.randn(4096, 128, device="cuda").to(torch.bfloat16) for _ in streams]
     for s in streams:
         s.wait_stream(torch.cuda.current_stream())
     outs = [[], []]
@@ -916,22 +745,6 @@ def test_routing_gpu_capture_before_any_eager_call_takes_two_launches(monkeypatc
                                          (64, 32, 4, torch.float32),
                                          (65536, 256, 8, torch.bfloat16)])
 def test_routing_cuda_graph_replays_with_new_logits(T, E, k, dtype):
-    check_graph_replays(T, E, k, dtype)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("T,E,k", [(16384, 128, 4), (1000, 128, 4), (3000, 64, 4)])
-def test_routing_gpu_column_split_cuda_graph_replays(T, E, k, monkeypatch, request):
-    """The column split (forced at 1000 and 3000 rows) captured with and without n_rows as a device
-    scalar, replayed with new logits (each replay takes both barriers on the captured counters)."""
-    force_column_split(monkeypatch, request)
-    assert routing_plan_now(T, E, k).column_split
-    check_graph_replays(T, E, k, torch.bfloat16)
-
-
-def check_graph_replays(T, E, k, dtype):
-    """Two routing calls (n_rows None, and a device scalar) captured in a graph, replayed with new
-    logits and n_rows copied in."""
     static = torch.randn(T, E, device="cuda").to(dtype)
     n_rows = torch.tensor(T, device="cuda", dtype=torch.int32)
     stream = torch.cuda.Stream()
@@ -955,19 +768,3 @@ def check_graph_replays(T, E, k, dtype):
         torch.cuda.synchronize()
         assert_routing_equal(out, R.routing_torch(fresh, k))
         assert_routing_equal(out_rows, R.routing_torch(fresh, k, n_rows=T - 17 * trial))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("T,E,k", [(1000, 128, 4), (3000, 64, 4), (8192, 128, 4), (16384, 128, 4), (16384, 64, 4),
-                                   (16384, 256, 8), (2500, 100, 3)])
-def test_routing_gpu_column_split_many_programs(T, E, k, poisoned_workspace, monkeypatch, request):
-    """The column split with many programs meeting at both barriers (one or several columns per
-    program, idle programs where P > E_PAD), forced where the plain one launch or two launches
-    would run: equal to routing_torch and to two launches on random logits, ties, all rows on one
-    expert, n_rows as a device scalar, and simulated_ep > 1."""
-    force_column_split(monkeypatch, request)
-    for kind in ("random", "ties", "hot"):
-        assert check_column_split(column_split_logits(T, E, kind, "cuda"), k).n_parts > 1
-    logits = column_split_logits(T, E, "random", "cuda")
-    check_column_split(logits, k, n_rows=torch.tensor(T // 3, device="cuda"))
-    check_column_split(logits, k, n_rows=T - 5, simulated_ep=4 if E % 4 == 0 else 2)

@@ -46,12 +46,6 @@ Two paths:
   reset: each call adds a fixed stride); where none can be had, the call takes two launches. Where
   the driver refuses the cooperative launch (e.g. a process under MPS that sees fewer SMs than the
   probe counted), the call is redone in two launches, with a warning, and so are all later calls.
-* one launch, column split (`COLUMN_SPLIT`; where the grid fits but the programs have more than
-  ONE_LAUNCH_MAX_WARPS warps, e.g. 16384 x 64..256): the same cooperative kernel with two grid
-  barriers. After the first, program q sums expert columns q, q + P, ... of the P counts rows
-  (their prefix over the programs into a [P, E_PAD] scratch, their totals into an [E_PAD] one);
-  after the second, every program reads its own prefix row and the totals (2 x E_PAD values
-  instead of P x E_PAD) and places its slots as above. The counter goes two strides on per call.
 """
 
 from __future__ import annotations
@@ -80,9 +74,6 @@ ROWS_PATH = True  # split path: `routing_rows_kernel` where it applies (no user 
 FAST_LAUNCH = True  # relaunch cached compiled kernels directly (see `_launch`)
 PDL = True  # split path on Hopper and newer: the placement is a programmatic dependent launch of launch 1
 ONE_LAUNCH = True  # rows path with at most one program per SM: one cooperative launch (see `_rows_plan`)
-# ... and where those programs have more than ONE_LAUNCH_MAX_WARPS warps: one launch with the counts
-# summed by column between two grid barriers (False: two launches there)
-COLUMN_SPLIT = True
 _COMPILED: dict = {}
 
 
@@ -107,20 +98,13 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _layout(n_slots: int, n_local: int, n_parts: int, e_pad: int, rank_bytes: int = 0,
-            column_split: bool = False) -> tuple[int, ...]:
+def _layout(n_slots: int, n_local: int, n_parts: int, e_pad: int, rank_bytes: int = 0) -> tuple[int, ...]:
     """Split sizes of the workspace: the 13 outputs (topk, gate, scal, hist, raw, pad x4, map x4),
-    then all the scratch as one segment (`rank_bytes`: the rows path's [T, E_PAD] byte ranks after
-    3 int32 of alignment; column_split: then its [P, E_PAD] prefixes and [E_PAD] totals). Host twin
-    of `_kernels._ws_layout` and `_kernels._rows_scratch`."""
+    then all the scratch as one segment (`rank_bytes`: the rows path's [T, E_PAD] byte ranks at
+    its end). Host twin of `_kernels._ws_layout`."""
     maps = tuple(max_tiles(n_slots, n_local, bm) for bm in BLOCK_SIZES)
     outputs = (n_slots, n_slots, n_slots, n_local) + (n_local + 1,) * 5 + maps
-    scratch = 3 * n_slots + n_parts * e_pad + n_parts
-    if rank_bytes:
-        scratch += 3 + triton.cdiv(rank_bytes, 4)
-    if column_split:
-        scratch += n_parts * e_pad + e_pad
-    return outputs + (scratch,)
+    return outputs + (3 * n_slots + n_parts * e_pad + n_parts + (3 + triton.cdiv(rank_bytes, 4) if rank_bytes else 0),)
 
 
 def _map_block(e_pad: int, num_warps: int) -> int:
@@ -154,7 +138,6 @@ class RoutingPlan:
     rows_q: int = 0  # split path with `routing_rows_kernel`: threads per row (0: `routing_topk_kernel`)
     packed_scans: bool = False  # placement: the expert prefix sums as packed fields (`_kernels._expert_scans`)
     one_launch: bool = False  # rows path: `routing_rows_kernel` places the slots itself after a grid barrier
-    column_split: bool = False  # one launch: the counts summed by column between two grid barriers
 
 
 # Split path's top-k kernel: keys of the [block_t, E] logits tile per thread and the warp range,
@@ -175,23 +158,18 @@ ROWS_MIN_E_PAD = 64
 
 
 def _rows_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, rows: int, q: int,
-               place_warps: int = 4, parts_per_place: int = 1, one_launch: bool = False,
-               column_split: bool = False) -> RoutingPlan:
+               place_warps: int = 4, parts_per_place: int = 1, one_launch: bool = False) -> RoutingPlan:
     """The split path with `routing_rows_kernel`: `rows` rows per top-k program (a power of two
     >= 16: the rank matmul), q threads per row. one_launch: no placement kernel; the rows
     kernel's programs (which must all be resident at once) place the slots after a grid barrier,
-    with the placement's counts-row and block_pid_map steps sized for their own warps.
-    column_split (with one_launch): the counts summed by column between two barriers, each
-    column of all P programs in one load."""
+    with the placement's counts-row and block_pid_map steps sized for their own warps."""
     e_pad = max(32, _next_pow2(n_expts))
     num_warps = max(1, min(16, rows * q // 32))
     if one_launch:  # each program places its own rows with its own warps
         parts_per_place, place_warps = 1, num_warps
     plan = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, parts_per_place, place_warps)
-    sizes = _layout(n_tokens * k, n_expts // simulated_ep, plan.n_parts, e_pad, n_tokens * e_pad, column_split)
-    part_rows = _next_pow2(plan.n_parts) if column_split else plan.part_rows
-    return dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q, one_launch=one_launch,
-                               column_split=column_split, part_rows=part_rows)
+    sizes = _layout(n_tokens * k, n_expts // simulated_ep, plan.n_parts, e_pad, n_tokens * e_pad)
+    return dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q, one_launch=one_launch)
 
 
 ROWS_MAX = 128  # rows per program of the rows path (the [ROWS, ROWS] rank matmul operand)
@@ -199,7 +177,6 @@ ROWS_MAX = 128  # rows per program of the rows path (the [ROWS, ROWS] rank matmu
 # --sweep-flags / --sweep-rows, 16-call graphs, E = 128): one launch vs two 8.4 vs 8.9 us at T = 4096
 # (32 rows), 7.6 vs 7.9 at 1024 (16 rows), 6.3 vs 7.3 at 64; but 18.8 vs 15.6 at T = 16384 (128 rows,
 # 16 warps: the placement steps after the barrier, run by 16 warps, cost more than the second launch).
-# Beyond it, one launch only with COLUMN_SPLIT.
 ONE_LAUNCH_MAX_WARPS = 4
 RANK_BLOCK_MAX = 128  # columns per rank matmul (one block up to E = 128: fewer barriers than blocks of 16)
 
@@ -207,10 +184,9 @@ RANK_BLOCK_MAX = 128  # columns per rank matmul (one block up to E = 128: fewer 
 @functools.lru_cache(maxsize=256)
 def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm_first: bool,
                       target_programs: int, fused_max_tiles: int = FUSED_MAX_TILES, user: bool = False,
-                      rows_path: bool = True, one_launch_programs: int = 0, column_split: bool = False) -> RoutingPlan:
+                      rows_path: bool = True, one_launch_programs: int = 0) -> RoutingPlan:
     """one_launch_programs: the rows path takes one cooperative launch where it has at most this
-    many programs (the device's SMs: one program per SM always fits; 0: never); with programs of
-    more than ONE_LAUNCH_MAX_WARPS warps only where column_split (`COLUMN_SPLIT`) allows it."""
+    many programs (the device's SMs: one program per SM always fits; 0: never)."""
     e_pad = max(32, _next_pow2(n_expts))
     k_pad = _next_pow2(k)
     n_slots = n_tokens * k
@@ -231,11 +207,8 @@ def make_routing_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, sm
                            _map_block(e_pad, num_warps), block_t <= 2 * num_warps, sizes, sum(sizes))
     if rows_path and not user and not sm_first and k <= 8 and ROWS_MIN_E_PAD <= e_pad <= 256:
         rows = max(16, min(ROWS_MAX, _next_pow2(triton.cdiv(n_tokens, max(1, target_programs)))))
-        fits = triton.cdiv(n_tokens, rows) <= one_launch_programs
-        few_warps = rows * ROWS_Q <= 32 * ONE_LAUNCH_MAX_WARPS
-        by_column = fits and not few_warps and column_split
-        return _rows_plan(n_tokens, n_expts, k, simulated_ep, rows, ROWS_Q, one_launch=fits and few_warps or by_column,
-                          column_split=by_column)
+        one = triton.cdiv(n_tokens, rows) <= one_launch_programs and rows * ROWS_Q <= 32 * ONE_LAUNCH_MAX_WARPS
+        return _rows_plan(n_tokens, n_expts, k, simulated_ep, rows, ROWS_Q, one_launch=one)
     # split: about target_programs top-k programs of at most SPLIT_MAX_WARPS warps, each tile
     # holding `_split_keys_per_thread` keys per thread
     per_thread = _split_keys_per_thread(e_pad) // (2 if sm_first else 1)
@@ -330,7 +303,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
     n_tokens, n_expts = logits.shape
     user = expt_indx is not None
     plan_args = (n_tokens, n_expts, k, simulated_ep, sm_first, _target_programs(), FUSED_MAX_TILES, user, ROWS_PATH)
-    plan = make_routing_plan(*plan_args, _one_launch_programs(), COLUMN_SPLIT)
+    plan = make_routing_plan(*plan_args, _one_launch_programs())
     dev = logits.device
     counter = stream = None
     if plan.one_launch:
@@ -363,7 +336,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
         if plan.rows_q:
             consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
                       min(plan.e_pad, RANK_BLOCK_MAX), pdl and not plan.one_launch, plan.one_launch, plan.part_rows,
-                      plan.tile_block, plan.packed_scans, plan.column_split)
+                      plan.tile_block, plan.packed_scans)
             try:
                 _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
                         (logits, sx0, sx1, ws, n_rows_ptr, counter, n_tokens, n_expts, n_local, n_rows_val), consts,

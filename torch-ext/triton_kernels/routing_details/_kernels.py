@@ -235,31 +235,6 @@ def _counts_prefix(counts, n_parts, p0, PART_ROWS: tl.constexpr, E_PAD: tl.const
     return tl.reduce((acc_all, acc_before), 0, _add2)  # one pass for both
 
 
-@triton.jit
-def _rows_scratch(dead_o, n_parts, n_tokens, E_PAD: tl.constexpr):
-    """Offsets (int32 elements) of the rows path's scratch after the dead-slot counts: the byte ranks
-    [T, E_PAD] (16-byte aligned: the host reserves 3 int32 of padding), then the column split's
-    per-program prefixes [P, E_PAD] and totals [E_PAD] (int32). Host twin: `_layout`."""
-    rank8_o = (dead_o + n_parts + 3) // 4 * 4
-    prefix_o = rank8_o + n_tokens * (E_PAD // 4)
-    return rank8_o, prefix_o, prefix_o + n_parts * E_PAD
-
-
-@triton.jit
-def _column_prefixes(counts8, prefix_ptr, totals_ptr, pid, n_parts, PARTS_PAD: tl.constexpr, E_PAD: tl.constexpr):
-    """The column split's middle phase: program pid takes expert columns pid, pid + n_parts, ... of
-    the [n_parts, E_PAD] byte counts rows (none where pid >= E_PAD) and stores, per column, its
-    exclusive prefix over the programs at prefix_ptr [n_parts, E_PAD] and its sum at totals_ptr
-    [E_PAD]. Loads bypass L1: other programs wrote the counts during this kernel."""
-    parts = tl.arange(0, PARTS_PAD)
-    mine = parts < n_parts
-    for c in range(pid, E_PAD, n_parts):
-        col = tl.load(counts8 + parts * E_PAD + c, mask=mine, other=0, cache_modifier=".cg").to(tl.int32)
-        upto = tl.cumsum(col, axis=0)
-        tl.store(prefix_ptr + parts * E_PAD + c, upto - col, mask=mine)
-        tl.store(totals_ptr + c + parts * 0, upto, mask=parts == n_parts - 1)  # the last program's: no reduction
-
-
 GRID_BARRIER_STRIDE = tl.constexpr(1 << 16)  # what one call adds to its counter (more than any grid)
 
 
@@ -269,10 +244,7 @@ def _grid_barrier(bar_ptr):
     the stores before it are visible to the loads after it. `bar_ptr`: an int32 counter used by one
     call at a time and left a multiple of GRID_BARRIER_STRIDE by every call (zero to begin with):
     the programs add STRIDE in all (program 0 the rest after 1 each), so each knows the value at
-    which all have arrived without the counter ever being reset (int32 wraparound is harmless).
-    A kernel may pass it more than once: no program adds for the next barrier before all have
-    added for this one, so the sums of the next stay below STRIDE until it completes, and a
-    program still waiting here sees the counter at or past its target."""
+    which all have arrived without the counter ever being reset (int32 wraparound is harmless)."""
     tl.debug_barrier()  # every thread's stores precede the release below
     n_prog = tl.num_programs(0)
     inc = tl.where(tl.program_id(0) == 0, GRID_BARRIER_STRIDE - n_prog + 1, 1)
@@ -448,7 +420,7 @@ def routing_rows_kernel(
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, ROWS: tl.constexpr, Q: tl.constexpr,
     N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr, FULL_E: tl.constexpr, RANK_BLOCK: tl.constexpr = 16,
     USE_PDL: tl.constexpr = False, ONE_LAUNCH: tl.constexpr = False, PART_ROWS: tl.constexpr = 1,
-    TILE_BLOCK: tl.constexpr = 8, PACKED_SCANS: tl.constexpr = False, COLUMN_SPLIT: tl.constexpr = False,
+    TILE_BLOCK: tl.constexpr = 8, PACKED_SCANS: tl.constexpr = False,
 ):
     """Launch 1 of 2 (or the only one: ONE_LAUNCH) without user indices or sm_first (K <= 8):
     program p takes ROWS rows, Q threads per row. `row_topk` gives each row's K_PAD largest keys
@@ -464,19 +436,14 @@ def routing_rows_kernel(
     ONE_LAUNCH (a cooperative grid, `bar_ptr` its barrier counter): instead of leaving the slots to
     `routing_place_kernel`, every program waits for all counts rows (`_grid_barrier`), takes the
     totals and the prefix before its own row from them, stores its slots at their positions from
-    registers and shares the ExptData work, as the placement kernel does. With COLUMN_SPLIT
-    (PART_ROWS: the programs rounded up to a power of two) the P x E counts are summed by column
-    between two barriers instead of by every program: program q takes expert columns q, q + P, ...
-    and stores their prefixes over the programs and their totals (`_column_prefixes`); after the
-    second barrier each program loads only its own prefix row and the totals."""
+    registers and shares the ExptData work, as the placement kernel does."""
     pid = tl.program_id(0)
     n_slots = n_tokens * K
     gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, tl.num_programs(0), E_PAD)
     # 16-byte aligned (the workspace is, and the host reserves the 3 int32 of padding), so the byte
     # stores below can be vectors
-    rank8_o, prefix_o, totals_o = _rows_scratch(dead_o, tl.num_programs(0), n_tokens, E_PAD)
-    rank8 = (ws_ptr + tl.multiple_of(rank8_o, 4)).to(tl.pointer_type(tl.uint8))
+    rank8 = (ws_ptr + tl.multiple_of((dead_o + tl.num_programs(0) + 3) // 4 * 4, 4)).to(tl.pointer_type(tl.uint8))
     counts8 = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
     if N_ROWS_FROM_PTR:
         n_valid_rows = tl.load(n_rows_ptr).to(tl.int32)
@@ -526,15 +493,7 @@ def routing_rows_kernel(
     w = _softmax_picks(_key_value(bests, PACK32), row_ok[:, None] & (kk[None, :] < K))
     if ONE_LAUNCH:
         _grid_barrier(bar_ptr)
-        if COLUMN_SPLIT:
-            _column_prefixes(counts8, ws_ptr + prefix_o, ws_ptr + totals_o, pid, tl.num_programs(0), PART_ROWS,
-                             E_PAD)
-            _grid_barrier(bar_ptr)  # the counter ends the call two strides on: still a multiple of one
-            experts = tl.arange(0, E_PAD)
-            totals = tl.load(ws_ptr + totals_o + experts, cache_modifier=".cg")
-            before = tl.load(ws_ptr + prefix_o + pid * E_PAD + experts, cache_modifier=".cg")
-        else:
-            totals, before = _counts_prefix(counts8, tl.num_programs(0), pid, PART_ROWS, E_PAD)
+        totals, before = _counts_prefix(counts8, tl.num_programs(0), pid, PART_ROWS, E_PAD)
         scans = _expert_scans(totals, n_local, PACKED_SCANS)
         routed = live & row_ok[:, None]
         at = tl.reshape(tl.where(routed, sel, 0), [ROWS * K_PAD])
