@@ -874,6 +874,26 @@ def _all_zero(counter_blocks):
     return all(not c.any() for c in counter_blocks if c is not None)
 
 
+def _switch_ab(monkeypatch, switch: str, kernel: str, counters_fn: str, call) -> dict:
+    """`call()` -> (out, ref) with matmul_ogs's bool `switch` on and off: each output fully written and
+    right, the counters the calls took (`counters_fn`'s results) back at zero, the two outputs equal
+    bit for bit. Returns {setting: (grids of the `kernel` launches, counters taken)}."""
+    from triton_kernels import matmul_ogs as M
+    seen, outs = {}, {}
+    for on in (True, False):
+        monkeypatch.setattr(M, switch, on)
+        recorder = _GridRecorder(getattr(M, kernel))
+        monkeypatch.setattr(M, kernel, recorder)
+        counters = spy_on(monkeypatch, M, counters_fn)
+        out, ref = call()
+        assert not out.isnan().any(), "output not fully written"
+        assert rel_err(out, ref) <= 1e-2
+        assert _all_zero(counters)
+        seen[on], outs[on] = (list(recorder.grids), list(counters)), out  # copies: the next round wraps these spies
+    assert torch.equal(outs[True], outs[False])
+    return seen
+
+
 @pytest.mark.parametrize("split_k", [1, 2])
 @pytest.mark.parametrize("n_tokens", [1, 9, 100, 130])
 def test_topk_sum_in_launch_equals_the_reduce_kernel(device, monkeypatch, split_k, n_tokens):
@@ -884,23 +904,13 @@ def test_topk_sum_in_launch_equals_the_reduce_kernel(device, monkeypatch, split_
     are past the bound: the reduce kernel."""
     from triton_kernels import matmul_ogs as M
     cfg = MatmulConfig(16, 32, 32, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
-    outs = {}
-    for in_launch in (True, False):
-        monkeypatch.setattr(M, "TOPK_SUM_IN_LAUNCH", in_launch)
-        reduce = _GridRecorder(M._topk_reduce_kernel)
-        monkeypatch.setattr(M, "_topk_reduce_kernel", reduce)
-        counters = spy_on(monkeypatch, M, "_sum_counters")
-        out, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
-            device, False, True, True, False, "mxfp4", "default", n_tokens=n_tokens, n_expts=6, kdim=160, n=96,
-            config=cfg)
-        assert not out.isnan().any(), "output not fully written"
-        assert rel_err(out, ref) <= 1e-2
+    seen = _switch_ab(monkeypatch, "TOPK_SUM_IN_LAUNCH", "_topk_reduce_kernel", "_sum_counters", lambda: run_routed(
+        device, False, True, True, False, "mxfp4", "default", n_tokens=n_tokens, n_expts=6, kdim=160, n=96,
+        config=cfg)[:2])
+    for in_launch, (reduce_grids, counters) in seen.items():
         fused = in_launch and n_tokens * 2 * split_k <= M.TOPK_SUM_MAX_ROWS
         assert (counters[-1] is not None) == fused
-        assert len(reduce.grids) == (0 if fused else 1)
-        assert _all_zero(counters)
-        outs[in_launch] = out
-    assert torch.equal(outs[True], outs[False])
+        assert len(reduce_grids) == (0 if fused else 1)
 
 
 def test_topk_sum_in_launch_without_counters_takes_the_reduce_kernel(device, monkeypatch):
@@ -1284,23 +1294,12 @@ def test_split_finish_in_launch_equals_the_finishing_launch(device, monkeypatch,
     """K splits of a non-linear (or unscattered) epilogue: the last split of each output tile to
     arrive adds the partials and runs the epilogue in the same launch, bit for bit what the
     FINISH_SPLIT launch gives; one launch instead of two, the tile counters back at zero."""
-    from triton_kernels import matmul_ogs as M
     cfg = MatmulConfig(16, 32, 32, 1, 4, 1, swap_xw=True, decode="words", split_k=split_k)
-    outs = {}
-    for in_launch in (True, False):
-        monkeypatch.setattr(M, "SPLIT_FINISH_IN_LAUNCH", in_launch)
-        matmul = _GridRecorder(M._matmul_ogs_kernel)
-        monkeypatch.setattr(M, "_matmul_ogs_kernel", matmul)
-        counters = spy_on(monkeypatch, M, "_finish_counters")
-        out, ref, _ = run_routed(device, gather, scatter, True, act, "mxfp4", "default", n_tokens=9, n_expts=6,
-                                 kdim=160, n=64, config=cfg)
-        assert not out.isnan().any(), "output not fully written"
-        assert rel_err(out, ref) <= 1e-2
+    seen = _switch_ab(monkeypatch, "SPLIT_FINISH_IN_LAUNCH", "_matmul_ogs_kernel", "_finish_counters", lambda: run_routed(
+        device, gather, scatter, True, act, "mxfp4", "default", n_tokens=9, n_expts=6, kdim=160, n=64, config=cfg)[:2])
+    for in_launch, (matmul_grids, counters) in seen.items():
         assert (counters[-1] is not None) == in_launch
-        assert len(matmul.grids) == (1 if in_launch else 2)
-        assert _all_zero(counters)
-        outs[in_launch] = out
-    assert torch.equal(outs[True], outs[False])
+        assert len(matmul_grids) == (1 if in_launch else 2)
 
 
 def test_split_finish_in_launch_batched(device, monkeypatch):
