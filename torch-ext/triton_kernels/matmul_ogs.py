@@ -551,7 +551,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     partial = None
     if split_k > 1:
         partial = torch.empty((split_k, p.batch, p.rows, p.n), dtype=torch.float32, device=x.device)
-    # split partials of a linear epilogue under a scatter are added by the top-k reduce itself
+    # split partials of a linear epilogue under a scatter are added by the top-k sum itself
     linear_splits = split_k > 1 and p.scatter is not None and p.act_fn is identity_fn and not p.act_args
 
     sum_counters = _sum_counters(p, cfg, len(parts), n_tiles_m, split_k, linear_splits) if n_tiles_n else None
@@ -608,7 +608,8 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
         CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
         TOPK_SUM=sum_counters is not None, SUM_K=p.n_expts_act if sum_counters is not None else 1,
-        SUM_BLOCK_T=min(64, max(16, _next_pow2(p.n_tokens))),  # up to 64 tokens in one step
+        # up to 64 tokens in one step of the in-launch sum (a constant where there is none: no recompiles)
+        SUM_BLOCK_T=min(64, max(16, _next_pow2(p.n_tokens))) if sum_counters is not None else 16,
     )
     words_layout = _grouped_scale_words(p)
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
