@@ -210,8 +210,8 @@ def _layer(m, y_h=None, y_out=None, out_dtype=None):
     pc2 = m["pc2"] if out_dtype is None else PrecisionConfig(weight_scale=m["pc2"].weight_scale, out_dtype=out_dtype)
     h = matmul_ogs(m["x"], m["w1"], m["b1"], m["rd"], gather_indx=m["gi"], precision_config=m["pc1"],
                    fused_activation=m["swiglu"], y=y_h)
-    out = matmul_ogs(h, m["w2"], m["b2"], m["rd"], scatter_indx=m["si"], precision_config=m["pc2"] if out_dtype is None
-                     else pc2, gammas=m["rd"].gate_scal, y=y_out)
+    out = matmul_ogs(h, m["w2"], m["b2"], m["rd"], scatter_indx=m["si"], precision_config=pc2,
+                     gammas=m["rd"].gate_scal, y=y_out)
     return h.clone(), out.clone()
 
 

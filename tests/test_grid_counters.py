@@ -24,13 +24,13 @@ def test_grid_counters_pool(monkeypatch):
 
 
 def test_tile_counters_per_stream_block_and_captures(monkeypatch):
-    """matmul_ogs's column-tile counters: one block of TILE_COUNTERS_PER_STREAM per stream for eager
+    """matmul_ogs's tile counters: one block of TILE_COUNTERS_PER_STREAM per stream for eager
     calls (any call of at most that many tiles gets its head), a block of its own per captured call,
     and none for more tiles than an eager block holds or once the pool is used up; a stream's
     barrier counter and its tile counters never overlap."""
     monkeypatch.setattr(gc, "_POOLS", {})
     monkeypatch.setattr(gc, "POOL_COUNTERS", 70)  # 280 int32
-    monkeypatch.setattr(gc, "TILE_COUNTERS_PER_STREAM", 256)  # as a smaller pool test
+    monkeypatch.setattr(gc, "TILE_COUNTERS_PER_STREAM", 256)  # the sizes below assume 256-counter blocks
     cpu = torch.device("cpu")
     a = gc.tile_counters(cpu, 5, False, 45)
     assert a.numel() == 45 and not a.any() and a.data_ptr() % 16 == 0
