@@ -4,8 +4,10 @@
 
 Eager callers (transformers' generate) pay the Python work and the Triton launches of every call;
 when that exceeds the GPU time the GPU idles. This times back-to-back calls on the host clock
-(no synchronisation inside the loop; the queue is drained before and after) and, with --profile,
-prints the cProfile entries of one matmul_ogs call site. gate_up and down are timed again with
+(no synchronisation inside a batch; the queue is drained before and after each) in several
+batches and reports the fastest batch and the median (the GPU host's timings vary up to 2x from
+run to run: the minimum is the figure to compare, the empty torch op shows how fast the host was),
+and, with --profile, prints the cProfile entries of the gate_up and down call sites. gate_up and down are timed again with
 matmul_ogs.FAST_LAUNCH off (every launch through Triton's JIT).
 """
 
@@ -15,6 +17,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import statistics
 import sys
 import time
 
@@ -29,16 +32,25 @@ from triton_kernels import matmul_ogs as matmul_ogs_module  # noqa: E402
 from triton_kernels.routing import routing  # noqa: E402
 
 
-def host_us(fn, n=200) -> float:
+def host_us(fn, batches: int = 15, n: int = 40) -> tuple[float, float]:
+    """(fastest, median) host time per call over `batches` batches of n back-to-back calls, µs."""
     for _ in range(10):
         fn()
+    per_call = []
+    for _ in range(batches):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        per_call.append((time.perf_counter() - t) / n * 1e6)
     torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    host = (time.perf_counter() - t) / n * 1e6
-    torch.cuda.synchronize()
-    return host
+    return min(per_call), statistics.median(per_call)
+
+
+def report(args, name: str, fn) -> None:
+    fastest, median = host_us(fn)
+    print(f"E={args.experts} T={args.tokens} {name:15s} host {fastest:8.1f} us per call (median of batches "
+          f"{median:.1f})", flush=True)
 
 
 def main() -> int:
@@ -59,21 +71,28 @@ def main() -> int:
         "down": lambda: layer.down(h, rd, si, y=out),
         "empty torch op": lambda: torch.empty(1, device="cuda"),
     }
+
+    def layer_call():  # what transformers' eager forward runs per MoE layer
+        rd_, gi_, si_ = routing(logits, TOPK)
+        return layer.down(layer.gate_up(x, rd_, gi_), rd_, si_)
+
+    rows["layer"] = layer_call
     for name, fn in rows.items():
-        print(f"E={args.experts} T={args.tokens} {name:15s} host {host_us(fn):8.1f} us per call", flush=True)
+        report(args, name, fn)
     matmul_ogs_module.FAST_LAUNCH = False  # A/B: every matmul_ogs launch through Triton's JIT
     for name in ("gate_up", "down"):
-        print(f"E={args.experts} T={args.tokens} {name + ' (JIT)':15s} host {host_us(rows[name]):8.1f} us per call",
-              flush=True)
+        report(args, name + " (JIT)", rows[name])
     matmul_ogs_module.FAST_LAUNCH = True
     if args.profile:
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(100):
-            layer.gate_up(x, rd, gi, y=h)
-        prof.disable()
-        torch.cuda.synchronize()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        for name in ("gate_up", "down"):
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(100):
+                rows[name]()
+            prof.disable()
+            torch.cuda.synchronize()
+            print(f"--- cProfile, 100 {name} calls")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     return 0
 
 
