@@ -647,6 +647,9 @@ def _matmul_ogs_kernel(
     else:
         sum_src, sum_stride_s, sum_stride_m, sum_stride_n = Y, 0, stride_y_m, stride_y_n
     SUM_SPLITS: tl.constexpr = SPLIT_K if LINEAR_SPLITS else 1
+    # where the sum goes, what it adds, and the column tiles' counters with their arrivals per tile
+    topk_sum = (YSum, stride_ys_m, stride_ys_n, sum_src, sum_stride_s, sum_stride_m, sum_stride_n, SlotToRow, n_tokens,
+                TileCounters, n_tiles_m * SPLIT_K, N // REDUCTION_N)
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _swizzle_tile(tl.program_id(0), n_tiles_m, n_tiles_n, GROUP_M)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -655,9 +658,7 @@ def _matmul_ogs_kernel(
         packed = tl.load(BlockPidMap + pid_m)
         if packed == -1:
             if TOPK_SUM:  # an unused map entry still arrives at its column tile's counter
-                _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, sum_src, sum_stride_s, sum_stride_m, sum_stride_n,
-                                  SlotToRow, n_tokens, TileCounters, n_tiles_m * SPLIT_K, pid_n, N // REDUCTION_N,
-                                  OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
+                _topk_sum_if_last(topk_sum, pid_n, OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
             return
         expt = packed & 0xFFFF
         block = packed >> 16
@@ -743,18 +744,13 @@ def _matmul_ogs_kernel(
                                        HAS_ALPHA)
             tl.store(p_ptrs + tl.program_id(2) * stride_p_s, acc, mask=mask_m[:, None] & mask_n[None, :])
             if TOPK_SUM:
-                _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, sum_src, sum_stride_s, sum_stride_m, sum_stride_n,
-                                  SlotToRow, n_tokens, TileCounters, n_tiles_m * SPLIT_K, pid_n, N // REDUCTION_N,
-                                  OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
+                _topk_sum_if_last(topk_sum, pid_n, OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
             if LINEAR_SPLITS or not FINISH_IN_LAUNCH:
                 return
             # the last split of this tile to arrive adds the partials in split order (FINISH_SPLIT's
             # sum, bit for bit) and runs the epilogue; its counter goes back to zero for the next call
-            tl.debug_barrier()  # every thread's partial store precedes the release below
-            tile = (pid_b * n_tiles_m + pid_m) * n_tiles_n + pid_n
-            if tl.atomic_add(TileCounters + tile, 1, sem="acq_rel", scope="gpu") != SPLIT_K - 1:
+            if not _last_to_arrive(TileCounters + (pid_b * n_tiles_m + pid_m) * n_tiles_n + pid_n, SPLIT_K):
                 return
-            tl.store(TileCounters + tile, 0)
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for split in tl.static_range(SPLIT_K):
                 acc += tl.load(p_ptrs + split * stride_p_s, mask=mask_m[:, None] & mask_n[None, :], other=0.0,
@@ -779,9 +775,7 @@ def _matmul_ogs_kernel(
     y_ptrs = Y + pid_b * stride_y_b + offs_m[:, None] * stride_y_m + offs_yn[None, :] * stride_y_n
     tl.store(y_ptrs, cast_out(out, Y.dtype.element_ty, DOT_F32), mask=mask_m[:, None] & (offs_yn < N // REDUCTION_N)[None, :])
     if TOPK_SUM:
-        _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, sum_src, sum_stride_s, sum_stride_m, sum_stride_n,
-                          SlotToRow, n_tokens, TileCounters, n_tiles_m * SPLIT_K, pid_n, N // REDUCTION_N,
-                          OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
+        _topk_sum_if_last(topk_sum, pid_n, OUT_N, SUM_K, SUM_SPLITS, DOT_F32, SUM_BLOCK_T)
 
 
 @triton.jit
@@ -813,18 +807,28 @@ def _topk_sum_tile(Y, stride_y_m, stride_y_n, Inter, stride_i_s, stride_i_m, str
 
 
 @triton.jit
-def _topk_sum_if_last(YSum, stride_ys_m, stride_ys_n, Inter, stride_i_s, stride_i_m, stride_i_n, SlotToRow,
-                      n_tokens, TileCounters, n_arrivals, pid_n, n_out,
-                      OUT_N: tl.constexpr, N_EXPTS_ACT: tl.constexpr, N_SPLITS: tl.constexpr,
+def _last_to_arrive(counter, n_arrivals):
+    """Adds this program's arrival to a zero-based counter once all its threads' stores are done;
+    True for the last of n_arrivals, which sets the counter back to zero for the next call. The
+    last one may then read the others' stores (past L1: they were made on other SMs)."""
+    tl.debug_barrier()  # every thread's stores precede the release below
+    last = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == n_arrivals - 1
+    if last:
+        tl.store(counter, 0)
+    return last
+
+
+@triton.jit
+def _topk_sum_if_last(topk_sum, pid_n, OUT_N: tl.constexpr, N_EXPTS_ACT: tl.constexpr, N_SPLITS: tl.constexpr,
                       INTERPRETED: tl.constexpr, BLOCK_T: tl.constexpr):
     """The top-k sum inside the matmul (few tokens): every program of column tile pid_n arrives at
     that tile's counter once its rows are stored; the last of the n_arrivals sums all tokens' rows
-    of the tile (`_topk_sum_tile`, the order of `_topk_reduce_kernel`: bit for bit the same) and
-    sets the counter back to zero for the next call (the counters are zero before every call)."""
-    tl.debug_barrier()  # every thread's stores precede the release below
-    old = tl.atomic_add(TileCounters + pid_n, 1, sem="acq_rel", scope="gpu")
-    if old == n_arrivals - 1:
-        tl.store(TileCounters + pid_n, 0)
+    of the tile (`_topk_sum_tile`, the order of `_topk_reduce_kernel`: bit for bit the same).
+    topk_sum: (YSum, its two strides, Inter, its three strides, SlotToRow, n_tokens, TileCounters,
+    n_arrivals, n_out)."""
+    (YSum, stride_ys_m, stride_ys_n, Inter, stride_i_s, stride_i_m, stride_i_n, SlotToRow, n_tokens, TileCounters,
+     n_arrivals, n_out) = topk_sum
+    if _last_to_arrive(TileCounters + pid_n, n_arrivals):
         offs_n = pid_n * OUT_N + tl.arange(0, OUT_N)
         mask_n = offs_n < n_out
         for t0 in range(0, n_tokens, BLOCK_T):
