@@ -311,8 +311,9 @@ def _print_summary(report: dict, mx_a: dict, mx_b: dict, res_a: dict) -> None:
           f"{n['rel_err_decode_logits_offline_vs_dequant_bf16']:.3e}")
     for kind in ("mxfp4", "dequant", "dequant_fp32"):
         r = res_a["loads"][kind]
+        per_token = 1e3 * r.get("generate_warm_s", 0) / max(1, report["args"]["generate"])
         print(f"  {kind:13s} load {r['load_s']:.1f} s, forward {1e3 * r['forward_s']:.1f} ms, "
-              f"generate {r.get('generate_s', 0):.2f} s (eager)")
+              f"generate {r.get('generate_s', 0):.2f} s (eager, first), {per_token:.2f} ms per token (eager, warm)")
     for name, ok in report["checks"].items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
     print("ALL CHECKS PASSED" if report["ok"] else "SOME CHECKS FAILED")

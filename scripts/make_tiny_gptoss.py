@@ -422,6 +422,12 @@ def run_job(job: dict) -> dict:
                 sync()
                 res["generate_s"] = time.perf_counter() - t0
                 res["generated"] = out.sequences[:, ids.shape[1]:].tolist()
+                # again, warm (the first run compiles the decode shapes' kernels): the eager cost per token
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=0)
+                sync()
+                res["generate_warm_s"] = time.perf_counter() - t0
                 tensors[f"{kind}/generate_logits"] = torch.stack(out.logits, dim=1).float().cpu()  # [B, n_new, V]
             if kind == "mxfp4" and job.get("save_to"):
                 unswizzled: dict = {}
