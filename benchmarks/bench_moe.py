@@ -151,13 +151,34 @@ def bench_shape(layer, bf16: Bf16Path | None, n_tokens, machine, layout_name) ->
     return row
 
 
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated positive ints."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}")
+    return values
+
+
+def layout_names(text: str) -> list[str]:
+    """argparse type: comma-separated layout names of bench_matmul.as_layout."""
+    names = text.split(",")
+    unknown = [n for n in names if n not in ("default", "strided_scales", "raw")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown layouts {unknown}: expected default, strided_scales or raw")
+    return names
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_moe.json")
     ap.add_argument("--quick", action="store_true", help="T in {1, 64, 4096} only")
-    ap.add_argument("--tokens", default=None, help="comma-separated T to time (default: all of the table's)")
-    ap.add_argument("--layouts", default="default,strided_scales")
-    ap.add_argument("--experts", default="32,128")
+    ap.add_argument("--tokens", type=positive_ints, default=None,
+                    help="comma-separated T to time (default: all of the table's)")
+    ap.add_argument("--layouts", type=layout_names, default="default,strided_scales")
+    ap.add_argument("--experts", type=positive_ints, default="32,128")
     ap.add_argument("--no-bf16", action="store_true", help="skip the dequantized bf16 comparison path")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -171,18 +192,16 @@ def main() -> int:
           flush=True)
     token_counts = [1, 64, 4096] if args.quick else TOKEN_COUNTS
     if args.tokens:
-        token_counts = [int(t) for t in args.tokens.split(",")]
-        if any(t < 1 for t in token_counts):
-            raise SystemExit(f"bench_moe: --tokens must be positive ints, got {args.tokens!r}")
+        token_counts = args.tokens
     ok = True
     rows = []
-    for layout_name in args.layouts.split(","):
-        for n_expts in map(int, args.experts.split(",")):
+    for layout_name in args.layouts:
+        for n_expts in args.experts:
             layer = bm.Layer(n_expts, layout_name)
             # correctness of the timed path, before any timing
             ok &= bm.run_checks(layer, (1, 4096), report, layout_name, seed_base=100, layout=layout_name)
             bf16 = None
-            if not args.no_bf16 and layout_name == args.layouts.split(",")[0]:
+            if not args.no_bf16 and layout_name == args.layouts[0]:
                 bf16 = Bf16Path(layer)
                 err = check_bf16_path(bf16, layer, 512)
                 report["checks"].append({"bf16_path_vs_ours_rel_err": err, "n_expts": n_expts})
