@@ -64,13 +64,10 @@ def layer_call(layer: bm.Layer, n_tokens: int):
     torch.manual_seed(n_tokens)
     h = torch.empty(n_tokens * bm.TOPK, bm.INTER, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(n_tokens, bm.HIDDEN, device="cuda", dtype=torch.bfloat16)
-    n_sets = bench_moe.COLD_SETS if n_tokens * bm.TOPK <= 2 * layer.n_expts else 1
-    sets = []
-    for i in range(n_sets):
-        x = torch.randn(n_tokens, bm.HIDDEN, device="cuda").bfloat16()
-        logits = (bm.cold_logits(n_tokens, layer.n_expts, i) if n_sets > 1
-                  else torch.randn(n_tokens, layer.n_expts, device="cuda")).bfloat16()
-        sets.append((x, logits))
+    sets = bench_moe.cold_inputs(layer, n_tokens) or [
+        (torch.randn(n_tokens, bm.HIDDEN, device="cuda").bfloat16(),
+         torch.randn(n_tokens, layer.n_expts, device="cuda").bfloat16())]
+    n_sets = len(sets)
 
     def call():
         for x, logits in sets:

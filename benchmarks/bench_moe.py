@@ -92,6 +92,15 @@ def check_bf16_path(path: Bf16Path, layer: bm.Layer, n_tokens: int) -> float:
     return bm.rel_err(path(x, logits), ours)
 
 
+def cold_inputs(layer, n_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """(x, logits) of COLD_SETS calls routed to different experts where the experts one call hits weigh
+    about as much as the L2 cache (see bench_shape), else None (one call's weights do not stay in L2)."""
+    if n_tokens * TOPK > 2 * layer.n_expts:
+        return None
+    return [(torch.randn(n_tokens, HIDDEN, device="cuda").bfloat16(),
+             bm.cold_logits(n_tokens, layer.n_expts, i).bfloat16()) for i in range(COLD_SETS)]
+
+
 def bench_shape(layer, bf16: Bf16Path | None, n_tokens, machine, layout_name) -> dict:
     torch.manual_seed(n_tokens)
     x = torch.randn(n_tokens, HIDDEN, device="cuda").bfloat16()
@@ -118,19 +127,15 @@ def bench_shape(layer, bf16: Bf16Path | None, n_tokens, machine, layout_name) ->
     row["down_graph_us"] = median_us(lambda: layer.down(h, rd, si, y=out), graph=True)
     row["layer_graph_us"] = median_us(layer_call, graph=True)
     row["layer_eager_us"] = median_us(layer_call, graph=False)
-    if n_tokens * TOPK <= 2 * layer.n_expts:
+    inputs = cold_inputs(layer, n_tokens)
+    if inputs is not None:
         # The experts hit by one call weigh about as much as the L2 cache (4 experts: 53 MB at T = 1), so a
         # repeated call partly reads its weights from L2, which a model of many layers never does: time
         # COLD_SETS calls routed to different experts back to back instead (weights from DRAM), the
         # repeated-call numbers stay in the JSON as *_warm_us.
         for key in ("gate_up_graph_us", "down_graph_us", "layer_graph_us"):
             row[key.replace("graph_us", "graph_warm_us")] = row[key]
-        sets = []
-        for i in range(COLD_SETS):
-            xi = torch.randn(n_tokens, HIDDEN, device="cuda").bfloat16()
-            li = bm.cold_logits(n_tokens, layer.n_expts, i).bfloat16()
-            rdi, gii, sii = routing(li, TOPK)
-            sets.append((xi, li, rdi, gii, sii, torch.empty_like(h), torch.empty_like(out)))
+        sets = [(xi, li, *routing(li, TOPK), torch.empty_like(h), torch.empty_like(out)) for xi, li in inputs]
 
         def cold(call):
             return median_us(lambda: [call(*s_) for s_ in sets], graph=True) / len(sets)
