@@ -1,5 +1,6 @@
 """The zeroed counter pool shared by routing's grid barrier and matmul_ogs's in-launch top-k sum."""
 
+import pytest
 import torch
 
 from triton_kernels import _grid_counters as gc
@@ -42,3 +43,23 @@ def test_tile_counters_per_stream_block_and_captures(monkeypatch):
     assert c.numel() == 20 and c.data_ptr() % 16 == 0 and c.data_ptr() >= bar.data_ptr() + 16
     assert gc.tile_counters(cpu, 5, True, 8) is None  # 64 + 1 + 5 units taken: the pool is used up
     assert gc.tile_counters(cpu, 6, False, 1) is None
+
+
+def test_current_stream_off_cuda():
+    """The stream and capture lookup both counter users share: no stream and no capture off CUDA."""
+    assert gc.current_stream(torch.device("cpu")) == (0, False)
+
+
+@pytest.mark.gpu
+def test_gpu_current_stream_follows_the_stream_and_capture():
+    dev = torch.device("cuda")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        assert gc.current_stream(dev) == (side.cuda_stream, False)
+    x = torch.zeros(1, device=dev)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        x.add_(1)
+        stream, capturing = gc.current_stream(dev)
+        assert stream == torch.cuda.current_stream().cuda_stream  # torch.cuda.graph's own capture stream
+    assert capturing

@@ -15,7 +15,8 @@ A counter serves one call at a time:
 * a call being captured into a CUDA graph takes counters of its own for good, since the graph
   may be replayed on any stream while other calls run (a graph's replays are ordered).
 
-`barrier_counter` and `tile_counters` return None when no counters can be had (a capture before
+Both callers ask `current_stream` (the stream handle and whether it is being captured) and pass
+its answer on. `barrier_counter` and `tile_counters` return None when no counters can be had (a capture before
 any eager call on that device, more tiles than an eager block holds, or the pool used up by
 captures); the caller then takes a path that needs none (one more launch).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from triton.runtime import driver
 
 POOL_COUNTERS = 1 << 16  # units of COUNTER_STRIDE int32 (1 MiB per device)
 COUNTER_STRIDE = 4  # int32 per unit: every block 16-byte aligned, as Triton specializes pointers on it
@@ -47,6 +49,14 @@ class _DevicePool:
 
 
 _POOLS: dict[int, _DevicePool] = {}
+
+
+def current_stream(device: torch.device) -> tuple[int, bool]:
+    """(the current CUDA stream's handle on `device`, whether that stream is being captured into a
+    CUDA graph); (0, False) for a device that is not CUDA."""
+    if device.type != "cuda":
+        return 0, False
+    return driver.active.get_current_stream(device.index), torch.cuda.is_current_stream_capturing()
 
 
 def _counters(device: torch.device, stream: int, capturing: bool, use: str, n: int,

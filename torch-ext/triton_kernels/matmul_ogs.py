@@ -63,7 +63,7 @@ import torch
 import triton
 
 from . import _fast_launch, target_info
-from ._grid_counters import tile_counters
+from ._grid_counters import current_stream, tile_counters
 from .matmul_ogs_details import operands as _ops
 from .matmul_ogs_details._kernels import _matmul_ogs_kernel, _topk_reduce_kernel, identity_fn
 from .matmul_ogs_details.configs import (DECODERS, ROUTED_BLOCK_M, MatmulConfig, choose_config, scale_loads,
@@ -480,9 +480,7 @@ def _run_kernel(kernel, grid: tuple, *args, **kwargs) -> None:
 def _call_counters(dev: torch.device, n: int) -> torch.Tensor | None:
     """n zeroed counters for this call from `_grid_counters` (this stream's block, or the captured
     call's own), or None where none can be had."""
-    cuda = dev.type == "cuda"
-    stream = triton.runtime.driver.active.get_current_stream(dev.index) if cuda else 0
-    return tile_counters(dev, stream, cuda and torch.cuda.is_current_stream_capturing(), n)
+    return tile_counters(dev, *current_stream(dev), n)
 
 
 def _sum_counters(p: _Problem, cfg: MatmulConfig, n_parts: int, n_tiles_m: int, split_k: int, linear_splits: bool):
