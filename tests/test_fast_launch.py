@@ -169,6 +169,30 @@ def test_changed_global_leaves_the_call_to_the_jit(fake_jit, monkeypatch):
     assert len(fake_jit) == 2
 
 
+def test_constexpr_global_compared_by_value(fake_jit, monkeypatch):
+    """A tl.constexpr global (what the JIT records for `X: tl.constexpr = ...` module globals) is
+    compared by its value: an equal new constexpr object relaunches, another value goes to the JIT."""
+    namespace = {"GONE": tl.constexpr(-1)}
+    monkeypatch.setattr(KERNEL, "used_global_vals", {("GONE", id(namespace)): (tl.constexpr(-1), namespace)})
+    fl.launch(KERNEL, (1,), X, 32, 1.0, X, BLOCK=64)
+    fl.launch(KERNEL, (1,), X, 32, 1.0, X, BLOCK=64)
+    assert len(fake_jit) == 1
+    namespace["GONE"] = tl.constexpr(-2)
+    fl.launch(KERNEL, (1,), X, 32, 1.0, X, BLOCK=64)
+    assert len(fake_jit) == 2
+
+
+def test_each_kernel_has_its_own_compiled_kernels(fake_jit, monkeypatch):
+    """Two kernels with the same parameters and values never share a cached compiled kernel."""
+    other = JITFunction(_kernel)
+    monkeypatch.setattr(other, "run", KERNEL.run)  # the same recorder
+    first = fl.launch(KERNEL, (1,), X, 32, 1.0, X, BLOCK=64)
+    second = fl.launch(other, (1,), X, 32, 1.0, X, BLOCK=64)
+    assert second is not first and len(fake_jit) == 2
+    assert fl.launch(KERNEL, (1,), X, 32, 1.0, X, BLOCK=64) is first
+    assert fl.launch(other, (1,), X, 32, 1.0, X, BLOCK=64) is second and len(fake_jit) == 2
+
+
 def test_other_launchables_are_launched_as_they_are():
     """An interpreted kernel (TRITON_INTERPRET=1) or any other fn[grid](...) is called as such."""
     seen = []

@@ -28,10 +28,11 @@ import operator
 
 import torch
 from triton import knobs
+from triton.language import constexpr
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
-_COMPILED: dict = {}  # launch_key -> compiled kernel
+_COMPILED: dict = {}  # id(kernel) -> {launch_key without the kernel: compiled kernel} (see _PARAMS)
 _REQUIRED = object()  # a parameter without a default
 _MISSING = object()
 _I32 = (-(1 << 31), 1 << 31)
@@ -150,31 +151,44 @@ class _Params:
                         tuple(option_names), _picker(tuple(option_at)))
 
 
+# id(kernel) -> (kernel, its _Params): a JITFunction hashes through its source hash (a lock and a
+# property per lookup); the entries hold the kernels for good, so ids here and in _COMPILED stay theirs
 _PARAMS: dict = {}
 
 
 def _params_of(fn: JITFunction) -> _Params:
-    params = _PARAMS.get(fn)
-    if params is None:
-        params = _PARAMS[fn] = _Params.of(fn)
-    return params
+    entry = _PARAMS.get(id(fn))
+    if entry is None or entry[0] is not fn:
+        entry = _PARAMS[id(fn)] = (fn, _Params.of(fn))
+    return entry[1]
 
 
 def launch_key(fn: JITFunction, bound: tuple, device: int):
     """The cache key of a launch of `fn` with the values `bound` by `_Params.bind`, on `device`;
     None where a value is not described (see `arg_key`)."""
+    key = _specialization_key(fn, bound, device)
+    return None if key is None else (fn,) + key
+
+
+def _specialization_key(fn: JITFunction, bound: tuple, device: int):
+    """launch_key less the kernel (`launch` keeps one cache per kernel)."""
     _, consts, runtime, options = bound
     try:
         runtime_keys = _runtime_keys(runtime)
     except _Unkeyed:
         return None
-    return (fn, device, options, fn.debug, knobs.runtime.debug, knobs.compilation.instrumentation_mode, consts,
+    return (device, options, fn.debug, knobs.runtime.debug, knobs.compilation.instrumentation_mode, consts,
             tuple(map(type, consts)), runtime_keys)
 
 
 def _globals_changed(fn: JITFunction) -> bool:
     for (name, _), (value, namespace) in fn.used_global_vals.items():
-        if namespace.get(name, _MISSING) != value:
+        now = namespace.get(name, _MISSING)
+        if now is value:
+            continue
+        if now.__class__ is constexpr and value.__class__ is constexpr:  # their != makes a constexpr (slow)
+            now, value = now.value, value.value
+        if now != value:
             return True
     return False
 
@@ -196,15 +210,15 @@ def launch(fn, grid: tuple, *args, **kwargs):
     key = compiled = None
     if bound is not None:
         device = _current_device()
-        key = launch_key(fn, bound, device)
+        key = _specialization_key(fn, bound, device)
         try:
-            compiled = _COMPILED.get(key) if key is not None else None
+            compiled = _COMPILED.get(id(fn), {}).get(key) if key is not None else None
         except TypeError:  # an unhashable constexpr or option
             key = None
     if compiled is None or _globals_changed(fn):
         compiled = fn[grid](*args, **kwargs)
         if key is not None and hasattr(compiled, "packed_metadata"):
-            _COMPILED[key] = compiled
+            _COMPILED.setdefault(id(fn), {})[key] = compiled
         return compiled
     _run(compiled, grid, bound[0], _current_stream(device))
     return compiled

@@ -166,6 +166,8 @@ def _device_of(t) -> torch.device:
 
 def _check_flex(pc: PrecisionConfig) -> None:
     flex = pc.flex_ctx
+    if pc.act_scale is None and pc.out_scale is None and (flex is None or _flex_unscaled(flex)):
+        return
     if flex is not None:
         for side, fields in (("lhs_data", ("scale",)), ("rhs_data", ("scale",)),
                              ("out_data", ("expected_scale", "actual_scale", "checksum_scale"))):
@@ -177,6 +179,17 @@ def _check_flex(pc: PrecisionConfig) -> None:
     for name in ("act_scale", "out_scale"):
         if getattr(pc, name) is not None:
             raise ValueError(f"matmul_ogs: `precision_config.{name}` is not supported (must be None)")
+
+
+def _flex_unscaled(flex) -> bool:
+    """The usual FlexCtx (no flexpoint scale anywhere), checked without `_check_flex`'s loops; False
+    for anything else (a missing side or field: the loops look at it)."""
+    try:
+        lhs, rhs, out = flex.lhs_data, flex.rhs_data, flex.out_data
+        return (lhs.scale is None and rhs.scale is None and out.expected_scale is None and out.actual_scale is None
+                and out.checksum_scale is None)
+    except AttributeError:
+        return False
 
 
 def _activation(fused_activation, epilogue):
@@ -470,11 +483,8 @@ SPLIT_FINISH_IN_LAUNCH = True  # K splits of a non-linear epilogue finished by t
 FAST_LAUNCH = True  # repeated launches call the compiled kernel directly (`_fast_launch`; a switch for benchmarks)
 
 
-def _run_kernel(kernel, grid: tuple, *args, **kwargs) -> None:
-    if FAST_LAUNCH:
-        _fast_launch.launch(kernel, grid, *args, **kwargs)
-    else:
-        kernel[grid](*args, **kwargs)
+def _jit_launch(kernel, grid: tuple, *args, **kwargs) -> None:
+    kernel[grid](*args, **kwargs)
 
 
 def _call_counters(dev: torch.device, n: int) -> torch.Tensor | None:
@@ -520,6 +530,7 @@ def _fit_quads(cfg: MatmulConfig) -> MatmulConfig:
 
 def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
     x = p.x
+    run_kernel = _fast_launch.launch if FAST_LAUNCH else _jit_launch  # chosen once: ~80 arguments per pass
     routed_rows_per_group = p.rows / max(1, p.w.n_experts or 1) if p.routed else p.rows
     if routing_data is not None and getattr(routing_data, "expected_tokens_per_expt", None):
         routed_rows_per_group = routing_data.expected_tokens_per_expt
@@ -617,14 +628,14 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
                     TAIL_64=K_TAIL_64_STEPS and tail_in_64_steps(part, p.k))
         grid = (n_tiles_m * _cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
-            _run_kernel(_matmul_ogs_kernel, grid + (split_k,), *launch_args, **constexprs, **tile, FINISH_SPLIT=False,
+            run_kernel(_matmul_ogs_kernel, grid + (split_k,), *launch_args, **constexprs, **tile, FINISH_SPLIT=False,
                         LINEAR_SPLITS=linear_splits, FINISH_IN_LAUNCH=finish_counters is not None, launch_pdl=pdl,
                         num_warps=part.num_warps, num_stages=part.num_stages)
             if not linear_splits and finish_counters is None:
-                _run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, FINISH_SPLIT=True,
+                run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, FINISH_SPLIT=True,
                             launch_pdl=pdl, num_warps=4, num_stages=1)
         else:
-            _run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, launch_pdl=pdl,
+            run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, launch_pdl=pdl,
                         num_warps=part.num_warps, num_stages=part.num_stages)
     if p.scatter is None:
         return out
@@ -632,7 +643,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         block_t, block_n = (16, 64) if target_info.get_target().interpreter else (8, 512)
         grid = (_cdiv(p.n_tokens, block_t), _cdiv(p.n_out, block_n))
         inter = partial[:, 0] if linear_splits else out.unsqueeze(0)  # [splits, rows, N]
-        _run_kernel(_topk_reduce_kernel, grid, y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1),
+        run_kernel(_topk_reduce_kernel, grid, y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1),
                     inter.stride(2), p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
                     INTERPRETED=target_info.get_target().interpreter, BLOCK_T=block_t, BLOCK_N=block_n,
                     N_SPLITS=inter.shape[0], PDL=pdl, launch_pdl=pdl, num_warps=4)
