@@ -52,7 +52,7 @@ def test_current_stream_off_cuda():
 
 @pytest.mark.gpu
 def test_gpu_current_stream_follows_the_stream_and_capture():
-    dev = torch.device("cuda")
+    dev = torch.zeros(1, device="cuda").device  # as the callers pass it: a tensor's device, with its index
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
         assert gc.current_stream(dev) == (side.cuda_stream, False)
