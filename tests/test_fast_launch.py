@@ -30,13 +30,8 @@ def test_key_is_equal_for_the_same_specialization():
     assert key_of(X, 32, 1.0, X[8:], 64, False, num_warps=4) == base  # a default given explicitly
 
 
-@pytest.mark.parametrize("change", [
-    "misaligned pointer", "other dtype", "int 1", "int not a multiple of 16", "int64 range", "uint64 range",
-    "None pointer", "int for a float", "constexpr value", "constexpr True vs 1", "num_warps", "launch_pdl",
-    "device", "other kernel"])
-def test_key_differs_where_triton_specializes(change):
-    base = dict(args=(X, 32, 1.0, X[8:], 64), kwargs=dict(num_warps=4), device=0, fn=KERNEL)
-    args, kwargs, device, fn = list(base["args"]), dict(base["kwargs"]), base["device"], base["fn"]
+def _apply_change(change: str, args: list, kwargs: dict) -> None:
+    """Change one of KERNEL's launch values as `change` names (args[4]: BLOCK given positionally)."""
     if change == "misaligned pointer":
         args[3] = X[1:]
     elif change == "other dtype":
@@ -61,10 +56,21 @@ def test_key_differs_where_triton_specializes(change):
         kwargs["num_warps"] = 8
     elif change == "launch_pdl":
         kwargs["launch_pdl"] = True
-    elif change == "device":
+
+
+@pytest.mark.parametrize("change", [
+    "misaligned pointer", "other dtype", "int 1", "int not a multiple of 16", "int64 range", "uint64 range",
+    "None pointer", "int for a float", "constexpr value", "constexpr True vs 1", "num_warps", "launch_pdl",
+    "device", "other kernel"])
+def test_key_differs_where_triton_specializes(change):
+    base = dict(args=(X, 32, 1.0, X[8:], 64), kwargs=dict(num_warps=4), device=0, fn=KERNEL)
+    args, kwargs, device, fn = list(base["args"]), dict(base["kwargs"]), base["device"], base["fn"]
+    if change == "device":
         device = 1
     elif change == "other kernel":
         fn = JITFunction(_kernel)
+    else:
+        _apply_change(change, args, kwargs)
     ref = key_of(*base["args"], fn=base["fn"], device=base["device"], **base["kwargs"])
     if change == "constexpr True vs 1":
         ref = key_of(*base["args"], fn=base["fn"], device=base["device"], FLAG=True, **base["kwargs"])
@@ -318,3 +324,31 @@ def test_inline_keys_equal_arg_key():
               X, X[1:], X[8:].view(torch.int16), torch.nn.Parameter(X), 1.5, True, False, None)
     assert fl._runtime_keys(values) == tuple(map(fl.arg_key, values))
     assert len(set(fl._runtime_keys((1, 2, 16, 2 ** 31, 2 ** 31 + 1, 2 ** 63, 2 ** 63 + 1)))) == 7
+
+
+def test_launch_fixed_relaunches_like_launch(fake_jit):
+    fixed = fl.FixedKwargs(dict(BLOCK=64, num_warps=4))
+    first = fl.launch_fixed(KERNEL, (3,), (X, 32, 1.0, X[8:]), fixed)
+    assert len(fake_jit) == 1 and fake_jit[0][2] == dict(BLOCK=64, num_warps=4) and first.launches == []
+    y = X[16:]
+    again = fl.launch_fixed(KERNEL, (5, 2), (X, 48, 0.5, y), fl.FixedKwargs(dict(BLOCK=64, num_warps=4)))
+    assert again is first and len(fake_jit) == 1  # an equal FixedKwargs finds the same compiled kernel
+    (grid, stream, _, _, values), = first.launches
+    assert grid == (5, 2, 1) and stream == 77 and values == (X, 48, 0.5, y, 64, False)
+
+
+@pytest.mark.parametrize("change", ["misaligned pointer", "int 1", "constexpr True vs 1", "num_warps",
+                                    "positional constexpr"])
+def test_launch_fixed_goes_to_the_jit_where_triton_specializes(fake_jit, change):
+    args, kwargs = [X, 32, 1.0, X[8:]], dict(BLOCK=64, FLAG=True, num_warps=4)
+    fl.launch_fixed(KERNEL, (1,), tuple(args), fl.FixedKwargs(kwargs))
+    if change == "positional constexpr":  # BLOCK given positionally, keyed by value
+        fl.launch_fixed(KERNEL, (1,), (*args, 64), fl.FixedKwargs(dict(num_warps=4)))
+        args.append(128)
+        kwargs = dict(num_warps=4)
+    else:
+        _apply_change(change, args, kwargs)
+    n_jit = len(fake_jit)
+    fl.launch_fixed(KERNEL, (1,), tuple(args), fl.FixedKwargs(kwargs))
+    assert len(fake_jit) == n_jit + 1
+    assert fl.FixedKwargs(dict(FLAG=True)) != fl.FixedKwargs(dict(FLAG=1))

@@ -4,6 +4,8 @@
 a key goes through Triton's JIT (which compiles the kernel or finds it in its cache); later calls
 hand the same arguments straight to the compiled kernel's launcher, skipping the JIT's per-call
 binding, specialization and cache-key work (most of an eager call's launch cost on the host).
+`launch_fixed(fn, grid, args, fixed)` does the same where the keyword arguments are a `FixedKwargs`
+that the caller keeps (memoized): the key holds it whole, so only the positional values are keyed.
 
 The key (`launch_key`) is computed from the actual argument values and holds everything Triton 3.6
 specializes a compilation on (runtime/jit.py `create_function_from_signature`, the backend's
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import types
 
 import torch
 from triton import knobs
@@ -207,21 +210,80 @@ def launch(fn, grid: tuple, *args, **kwargs):
     if not isinstance(fn, JITFunction) or fn.pre_run_hooks:
         return fn[grid](*args, **kwargs)
     bound = _params_of(fn).bind(args, kwargs)
-    key = compiled = None
+    key = device = None
     if bound is not None:
         device = _current_device()
         key = _specialization_key(fn, bound, device)
-        try:
-            compiled = _COMPILED.get(id(fn), {}).get(key) if key is not None else None
-        except TypeError:  # an unhashable constexpr or option
-            key = None
+    return _relaunch_or_jit(fn, grid, args, kwargs, key, device, lambda: bound[0])
+
+
+def _relaunch_or_jit(fn, grid: tuple, args: tuple, kwargs, key, device, values):
+    """The compiled kernel kept under `key` run with `values()` (every parameter's value), or the
+    JIT's call where none is kept (or a global changed): its compiled kernel is kept under `key`."""
+    try:
+        compiled = _COMPILED.get(id(fn), {}).get(key) if key is not None else None
+    except TypeError:  # an unhashable constexpr or option
+        key = compiled = None
     if compiled is None or _globals_changed(fn):
         compiled = fn[grid](*args, **kwargs)
         if key is not None and hasattr(compiled, "packed_metadata"):
             _COMPILED.setdefault(id(fn), {})[key] = compiled
         return compiled
-    _run(compiled, grid, bound[0], _current_stream(device))
+    _run(compiled, grid, values(), _current_stream(device))
     return compiled
+
+
+class FixedKwargs:
+    """Keyword arguments that many launches share (constexprs, launch options), frozen and hashed
+    once, for `launch_fixed`. Two are equal when their items and the items' types are (True and 1
+    compile differently). Raises TypeError for an unhashable value."""
+
+    __slots__ = ("kwargs", "names", "values", "_key", "_hash")
+
+    def __init__(self, kwargs: dict):
+        items = tuple(kwargs.items())
+        self.kwargs = types.MappingProxyType(dict(items))
+        self.names = tuple(name for name, _ in items)
+        self.values = tuple(value for _, value in items)
+        self._key = (items, tuple(type(value) for value in self.values))
+        self._hash = hash(self._key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return self is other or (other.__class__ is FixedKwargs and self._hash == other._hash
+                                 and self._key == other._key)
+
+    def __repr__(self) -> str:
+        return f"FixedKwargs({dict(self.kwargs)!r})"
+
+
+def launch_fixed(fn, grid: tuple, args: tuple, fixed: FixedKwargs):
+    """launch(fn, grid, *args, **fixed.kwargs), keyed on `fixed` whole: the per-call work is the
+    positional arguments' keys."""
+    if not isinstance(fn, JITFunction) or fn.pre_run_hooks:
+        return fn[grid](*args, **fixed.kwargs)
+    params = _params_of(fn)
+    form = (len(args), fixed)
+    entry = params.bindings.get(form, _MISSING)
+    if entry is _MISSING:
+        binding = params._binding(len(args), fixed.names)
+        # constexprs given positionally are keyed by value (those in `fixed` are keyed with it)
+        arg_consts = _picker(tuple(i for i in range(min(len(args), len(params.constexpr))) if params.constexpr[i]))
+        entry = params.bindings[form] = None if binding is None else (binding, arg_consts)
+    key = device = flat = None
+    if entry is not None:
+        binding, arg_consts = entry
+        flat = args + fixed.values + params.defaults
+        device = _current_device()
+        consts = arg_consts(args)
+        try:
+            key = (device, form, fn.debug, knobs.runtime.debug, knobs.compilation.instrumentation_mode, consts,
+                   tuple(map(type, consts)), _runtime_keys(binding.runtime(flat)))
+        except _Unkeyed:
+            key = None
+    return _relaunch_or_jit(fn, grid, args, fixed.kwargs, key, device, lambda: binding.values(flat))
 
 
 def _run(compiled, grid: tuple, values: tuple, stream) -> None:
