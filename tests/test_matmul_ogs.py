@@ -468,6 +468,32 @@ def test_k_tail_in_64_deep_steps_dense_weight(device, monkeypatch):
     torch.testing.assert_close(out.cpu(), w.float(), rtol=0, atol=0)
 
 
+def test_launch_kwargs_follow_a_flipped_switch(device, monkeypatch):
+    """The memoized launch keywords (`_matmul_kwargs`) take the module switches as arguments: the same
+    call with K_TAIL_64_STEPS flipped launches with the other TAIL_64, and flipped back, the first."""
+    import triton_kernels.matmul_ogs as mo
+    seen = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                seen.append(kwargs["TAIL_64"])
+                return kernel[grid](*args, **kwargs)
+            return run
+
+    kernel = mo._matmul_ogs_kernel
+    monkeypatch.setattr(mo, "_matmul_ogs_kernel", Recorder())
+    w = torch.randn(320, 64, generator=torch.Generator().manual_seed(3)).bfloat16().to(device)
+    cfg = MatmulConfig(block_m=16, block_n=32, block_k=256, group_m=1, num_warps=4, num_stages=2, swap_xw=True)
+    x = torch.eye(320).bfloat16().to(device)
+    outs = []
+    for on in (True, False, True):
+        monkeypatch.setattr(mo, "K_TAIL_64_STEPS", on)
+        outs.append(matmul_ogs(x, w, None, config=cfg, precision_config=PrecisionConfig(out_dtype=torch.float32)))
+    assert seen == [True, False, True]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0].cpu(), w.float())
+
+
 @pytest.mark.parametrize("swap_xw,block_k", [(False, 32), (True, 128)])
 def test_quads_layout_runs_any_config_swapped(device, swap_xw, block_k):
     """HopperMXValueLayout weights are read only by the swapped loop in 64-value K steps: a config

@@ -487,6 +487,41 @@ def _jit_launch(kernel, grid: tuple, *args, **kwargs) -> None:
     kernel[grid](*args, **kwargs)
 
 
+def _jit_launch_fixed(kernel, grid: tuple, args: tuple, fixed: _fast_launch.FixedKwargs) -> None:
+    kernel[grid](*args, **fixed.kwargs)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: True and 1 compile differently
+def _matmul_kwargs(act_fn, n_act_args: int, reduction_n: int, w_mx: bool, w_k_group: int, ws_k_group: int,
+                   routed: bool, gather: bool, has_bias: bool, has_betas: bool, has_gammas: bool, has_alpha: bool,
+                   interpreter: bool, index_64: bool, split_k: int, pdl: bool, cfg: MatmulConfig, n_parts: int,
+                   topk_sum: bool, sum_k: int, sum_block_t: int, part: MatmulConfig, decode: int, s_words: bool,
+                   prefetch_s: bool, tail_64: bool, stage: str, linear_splits: bool,
+                   finish_in_launch: bool) -> _fast_launch.FixedKwargs:
+    """The keyword arguments (constexprs, launch options) of one `_matmul_ogs_kernel` launch of `part`,
+    from values the launch decided (module switches included); `stage`: "whole" (no K split), "split"
+    (the K splits) or "finish" (the FINISH_SPLIT launch)."""
+    kwargs = dict(
+        ACT_FN=act_fn, N_ACT_ARGS=n_act_args, REDUCTION_N=reduction_n,
+        W_MX=w_mx, W_KG=w_k_group, WS_KG=ws_k_group,
+        ROUTED=routed, GATHER=gather, HAS_BIAS=has_bias, HAS_BETAS=has_betas, HAS_GAMMAS=has_gammas,
+        HAS_ALPHA=has_alpha, DOT_F32=interpreter, INDEX_64=index_64,
+        SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
+        CHUNK_M=cfg.block_m if n_parts > 1 else 0, TAIL_M=cfg.tail.block_m if n_parts > 1 else 0,
+        TOPK_SUM=topk_sum, SUM_K=sum_k, SUM_BLOCK_T=sum_block_t,
+        BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
+        SWAP_XW=bool(part.swap_xw), DECODE=decode, S_WORDS=s_words, PREFETCH_S=prefetch_s,
+        TAIL_64=tail_64)
+    if stage == "split":
+        kwargs.update(FINISH_SPLIT=False, LINEAR_SPLITS=linear_splits, FINISH_IN_LAUNCH=finish_in_launch,
+                      launch_pdl=pdl, num_warps=part.num_warps, num_stages=part.num_stages)
+    elif stage == "finish":
+        kwargs.update(FINISH_SPLIT=True, launch_pdl=pdl, num_warps=4, num_stages=1)
+    else:
+        kwargs.update(launch_pdl=pdl, num_warps=part.num_warps, num_stages=part.num_stages)
+    return _fast_launch.FixedKwargs(kwargs)
+
+
 def _call_counters(dev: torch.device, n: int) -> torch.Tensor | None:
     """n zeroed counters for this call from `_grid_counters` (this stream's block, or the captured
     call's own), or None where none can be had."""
@@ -530,7 +565,7 @@ def _fit_quads(cfg: MatmulConfig) -> MatmulConfig:
 
 def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config: MatmulConfig | None):
     x = p.x
-    run_kernel = _fast_launch.launch if FAST_LAUNCH else _jit_launch  # chosen once: ~80 arguments per pass
+    run_kernel = _fast_launch.launch_fixed if FAST_LAUNCH else _jit_launch_fixed
     routed_rows_per_group = p.rows / max(1, p.w.n_experts or 1) if p.routed else p.rows
     if routing_data is not None and getattr(routing_data, "expected_tokens_per_expt", None):
         routed_rows_per_group = routing_data.expected_tokens_per_expt
@@ -607,46 +642,36 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         *args,
     )
     pdl = _pdl_ok()
-    constexprs = dict(
-        ACT_FN=p.act_fn, N_ACT_ARGS=len(p.act_args), REDUCTION_N=p.reduction_n,
-        W_MX=p.ws is not None, W_KG=wa.k_group, WS_KG=sa.k_group if sa else 1,
-        ROUTED=p.routed, GATHER=p.gather is not None,
-        HAS_BIAS=bias is not None, HAS_BETAS=betas is not None, HAS_GAMMAS=gammas is not None,
-        HAS_ALPHA=out_alpha is not None,
-        DOT_F32=target_info.get_target().interpreter, INDEX_64=_needs_int64(p, out3, x3, partial),
-        SPLIT_K=split_k, PDL=pdl, MAP_BLOCK_M=min(cfg.block_m, ROUTED_BLOCK_M[-1]),
-        CHUNK_M=cfg.block_m if len(parts) > 1 else 0, TAIL_M=parts[-1].block_m if len(parts) > 1 else 0,
-        TOPK_SUM=sum_counters is not None, SUM_K=p.n_expts_act if sum_counters is not None else 1,
-        # up to 64 tokens in one step of the in-launch sum (a constant where there is none: no recompiles)
-        SUM_BLOCK_T=min(64, max(16, _next_pow2(p.n_tokens))) if sum_counters is not None else 16,
-    )
+    interpreter = target_info.get_target().interpreter
+    shared = (p.act_fn, len(p.act_args), p.reduction_n, p.ws is not None, wa.k_group, sa.k_group if sa else 1,
+              p.routed, p.gather is not None, bias is not None, betas is not None, gammas is not None,
+              out_alpha is not None, interpreter, _needs_int64(p, out3, x3, partial), split_k, pdl, cfg, len(parts),
+              sum_counters is not None, p.n_expts_act if sum_counters is not None else 1,
+              # up to 64 tokens in one step of the in-launch sum (a constant where there is none: no recompiles)
+              min(64, max(16, _next_pow2(p.n_tokens))) if sum_counters is not None else 16)
     words_layout = _grouped_scale_words(p)
     for part in parts if n_tiles_m and n_tiles_n and p.batch else ():
-        s_words, prefetch_s = scale_loads(part, words_layout, p.w.addressing.nibble_quads)
-        tile = dict(BLOCK_M=part.block_m, BLOCK_N=part.block_n, BLOCK_K=part.block_k, GROUP_M=part.group_m,
-                    SWAP_XW=bool(part.swap_xw), DECODE=_decoder(part, p), S_WORDS=s_words, PREFETCH_S=prefetch_s,
-                    TAIL_64=K_TAIL_64_STEPS and tail_in_64_steps(part, p.k))
+        part_args = (part, _decoder(part, p), *scale_loads(part, words_layout, wa.nibble_quads),
+                     K_TAIL_64_STEPS and tail_in_64_steps(part, p.k))
         grid = (n_tiles_m * _cdiv(p.n, part.block_n), p.batch)
         if split_k > 1:
-            run_kernel(_matmul_ogs_kernel, grid + (split_k,), *launch_args, **constexprs, **tile, FINISH_SPLIT=False,
-                        LINEAR_SPLITS=linear_splits, FINISH_IN_LAUNCH=finish_counters is not None, launch_pdl=pdl,
-                        num_warps=part.num_warps, num_stages=part.num_stages)
+            run_kernel(_matmul_ogs_kernel, grid + (split_k,), launch_args,
+                       _matmul_kwargs(*shared, *part_args, "split", linear_splits, finish_counters is not None))
             if not linear_splits and finish_counters is None:
-                run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, FINISH_SPLIT=True,
-                            launch_pdl=pdl, num_warps=4, num_stages=1)
+                run_kernel(_matmul_ogs_kernel, grid, launch_args, _matmul_kwargs(*shared, *part_args, "finish", False, False))
         else:
-            run_kernel(_matmul_ogs_kernel, grid, *launch_args, **constexprs, **tile, launch_pdl=pdl,
-                        num_warps=part.num_warps, num_stages=part.num_stages)
+            run_kernel(_matmul_ogs_kernel, grid, launch_args, _matmul_kwargs(*shared, *part_args, "whole", False, False))
     if p.scatter is None:
         return out
     if p.n_tokens and p.n_out and sum_counters is None:
-        block_t, block_n = (16, 64) if target_info.get_target().interpreter else (8, 512)
+        block_t, block_n = (16, 64) if interpreter else (8, 512)
         grid = (_cdiv(p.n_tokens, block_t), _cdiv(p.n_out, block_n))
         inter = partial[:, 0] if linear_splits else out.unsqueeze(0)  # [splits, rows, N]
-        run_kernel(_topk_reduce_kernel, grid, y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1),
-                    inter.stride(2), p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
-                    INTERPRETED=target_info.get_target().interpreter, BLOCK_T=block_t, BLOCK_N=block_n,
-                    N_SPLITS=inter.shape[0], PDL=pdl, launch_pdl=pdl, num_warps=4)
+        run_reduce = _fast_launch.launch if FAST_LAUNCH else _jit_launch
+        run_reduce(_topk_reduce_kernel, grid, y_out, y_out.stride(0), y_out.stride(1), inter, inter.stride(1),
+                   inter.stride(2), p.scatter, p.n_tokens, p.n_out, inter.stride(0), N_EXPTS_ACT=p.n_expts_act,
+                   INTERPRETED=interpreter, BLOCK_T=block_t, BLOCK_N=block_n, N_SPLITS=inter.shape[0], PDL=pdl,
+                   launch_pdl=pdl, num_warps=4)
     return y_out
 
 
