@@ -358,6 +358,9 @@ def run_job(job: dict) -> dict:
     job: checkpoint, device, input_ids (list of lists), loads (names from LOAD_KINDS),
     generate (new tokens, 0 for none), ablate_moe (bool: also run the mxfp4 model with every MoE output
     zeroed), save_to (dir: save the mxfp4 model there, reload it, run it again), tensors_out (a .pt path)."""
+    import cProfile
+    import io
+    import pstats
     import time
     import warnings
 
@@ -403,9 +406,23 @@ def run_job(job: dict) -> dict:
                 res["forward_s"] = time.perf_counter() - t0
                 for hook in hooks:
                     hook.remove()
+                res["calls_after_forward"] = dict(calls)
+                res["forward_repeat_s"] = []  # without the routing hooks, and where the time goes in the last
+                for repeat in range(3):
+                    profiler = cProfile.Profile() if repeat == 2 else None
+                    t0 = time.perf_counter()
+                    if profiler:
+                        profiler.enable()
+                    model(input_ids=ids)
+                    sync()
+                    if profiler:
+                        profiler.disable()
+                    res["forward_repeat_s"].append(time.perf_counter() - t0)
+                report = io.StringIO()
+                pstats.Stats(profiler, stream=report).sort_stats("cumulative").print_stats(30)
+                res["forward_profile"] = report.getvalue()
             tensors[f"{kind}/logits"] = logits.float().cpu()
             tensors[f"{kind}/experts_chosen"] = torch.stack(experts_chosen)  # [layers, tokens, top_k]
-            res["calls_after_forward"] = dict(calls)
             if kind == "mxfp4" and job.get("ablate_moe"):
                 hooks = [layer.mlp.register_forward_hook(_zero_moe) for layer in model.model.layers]
                 with torch.no_grad():
