@@ -96,9 +96,20 @@ SPLITS = [C(16, 64, 256, 1, 4, 3, True, "ptx", split) for split in (1, 2, 3, 4)]
     C(16, 128, 256, 1, 4, 3, True, "ptx", split) for split in (2, 4)]
 
 
+# Register caps (MatmulConfig.max_registers): more programs per SM where registers limit them. The
+# decode tile (128 registers: 4 programs of 4 warps per SM) fits 5 at 96 without spills (offline
+# sm_90a: 95 registers, K loop 441 -> 446 instructions); the 16-row-per-expert gate_up tile
+# (86: 5 per SM) fits 6 at 80 (258 -> 265). The decode down tile spills at 96, so it is left out.
+REGS = [C(16, 64, 256, 1, 4, 3, True, max_registers=96),
+        C(32, 64, 128, 4, 4, 3, True, max_registers=80, tail=C(16, 64, 256, 1, 4, 3, True, max_registers=96)),
+        C(32, 64, 128, 4, 4, 3, True, tail=C(16, 64, 256, 1, 4, 3, True, max_registers=96))]
+
+
 def candidates(rows_per_expt, which="all"):
     if which == "warps":
         return SMALL_WARPS
+    if which == "regs":
+        return REGS if rows_per_expt > 14 else REGS[:1]
     if which == "splits":
         return SPLITS
     if rows_per_expt <= 16:
@@ -160,10 +171,10 @@ def main():
     ap.add_argument("--cold-sets", type=int, default=8,
                     help="for T <= 8, time R calls in one graph, each routed to other experts (weights read "
                          "from DRAM as in a model of many layers, not from L2); 0: one repeated call")
-    ap.add_argument("--candidates", choices=["all", "fill", "warps", "splits"], default="all",
+    ap.add_argument("--candidates", choices=["all", "fill", "warps", "splits", "regs"], default="all",
                     help="fill: only the default config and the tile-height / tiles-per-expert candidates; "
                          "warps: the default and decode tiles on 1-2 warps (mma.sync); "
-                         "splits: the decode tile with 1-4 K splits")
+                         "splits: the decode tile with 1-4 K splits; regs: register caps (more programs per SM)")
     args = ap.parse_args()
     t_start = time.time()
     buf = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")

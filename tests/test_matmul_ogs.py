@@ -494,6 +494,67 @@ def test_launch_kwargs_follow_a_flipped_switch(device, monkeypatch):
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0].cpu(), w.float().cpu())
 
 
+@pytest.mark.parametrize("bad", [0, 16, 256, 96.0, "96"])
+def test_config_max_registers_checked(bad):
+    with pytest.raises(ValueError, match="`max_registers` must be None or an int in \\[24, 255\\]"):
+        MatmulConfig(16, 64, 256, 1, 4, 3, True, max_registers=bad)
+
+
+def test_max_registers_reaches_the_launch_options():
+    """A config's register cap becomes the launch's `maxnreg` on the GPU (its tail's own cap for the tail
+    launch), never for the FINISH_SPLIT launch, and not under the interpreter, which has no such option."""
+    import triton_kernels.matmul_ogs as mo
+    capped = MatmulConfig(16, 64, 256, 1, 4, 3, True, max_registers=96)
+    plain = dataclasses.replace(capped, max_registers=None)
+
+    def kwargs(part, stage="whole", interpreter=False):
+        return mo._matmul_kwargs(mo.identity_fn, 0, 1, True, 1, 4, True, False, False, False, False, False,
+                                 interpreter, False, 1, False, part, 1, False, 1, 16, part, 4, True, False, True,
+                                 stage, False, False).kwargs
+
+    assert kwargs(capped)["maxnreg"] == 96 and kwargs(capped, "split")["maxnreg"] == 96
+    assert "maxnreg" not in kwargs(plain)
+    assert "maxnreg" not in kwargs(capped, "finish")
+    assert "maxnreg" not in kwargs(capped, interpreter=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n_expts,n_tokens", [(32, 64), (128, 512)])
+def test_gpu_register_cap_is_bit_identical(n_expts, n_tokens):
+    """A register cap changes the compiled code's registers, not its result: gate_up and down of the
+    gpt-oss layer bit for bit equal with and without MatmulConfig.max_registers, and the capped kernel
+    uses at most the cap."""
+    from triton_kernels.routing import routing
+    device, hidden, inter, k = "cuda", 2880, 2880, 4
+    torch.manual_seed(n_tokens)
+    x = torch.randn(n_tokens, hidden, device=device).bfloat16()
+    rd, gi, si = routing(torch.randn(n_tokens, n_expts, device=device), k)
+    c1, s1 = mx_weight(n_expts, hidden, 2 * inter, 1, device)
+    c2, s2 = mx_weight(n_expts, inter, hidden, 2, device)
+    w1, ws1 = as_weight(c1, s1, "hopper")
+    w2, ws2 = as_weight(c2, s2, "hopper")
+    b1 = torch.randn(n_expts, 2 * inter, device=device)
+    b2 = torch.randn(n_expts, hidden, device=device)
+    gate_up = dict(gather_indx=gi, precision_config=PrecisionConfig(weight_scale=ws1), fused_activation=SWIGLU)
+    down = dict(scatter_indx=si, precision_config=PrecisionConfig(weight_scale=ws2), gammas=rd.gate_scal)
+    tail = MatmulConfig(16, 64, 256, 1, 4, 3, True, "ptx", max_registers=96)
+    capped = (MatmulConfig(32, 64, 128, 4, 4, 3, True, "ptx", max_registers=80, tail=tail) if n_tokens * k / n_expts > 14
+              else tail)
+    plain = dataclasses.replace(capped, max_registers=None,
+                                tail=dataclasses.replace(tail, max_registers=None) if capped.tail else None)
+    h_plain = matmul_ogs(x, w1, b1, rd, config=plain, **gate_up)
+    h_capped = matmul_ogs(x, w1, b1, rd, config=capped, **gate_up)
+    assert torch.equal(h_plain, h_capped)
+    assert torch.equal(matmul_ogs(h_plain, w2, b2, rd, config=plain, **down),
+                       matmul_ogs(h_plain, w2, b2, rd, config=capped, **down))
+    assert rel_err(h_capped, matmul_ogs_torch(x, w1, b1, rd, **gate_up)) <= 1e-2
+    from triton_kernels.matmul_ogs_details._kernels import _matmul_ogs_kernel
+    capped_kernels = [kern for cache in _matmul_ogs_kernel.device_caches.values()
+                      for kern in (cache[0] if isinstance(cache, tuple) else cache).values()
+                      if getattr(kern.metadata, "maxnreg", None)]
+    assert capped_kernels and all(kern.n_regs <= kern.metadata.maxnreg for kern in capped_kernels)
+
+
 @pytest.mark.parametrize("swap_xw,block_k", [(False, 32), (True, 128)])
 def test_quads_layout_runs_any_config_swapped(device, swap_xw, block_k):
     """HopperMXValueLayout weights are read only by the swapped loop in 64-value K steps: a config

@@ -519,6 +519,8 @@ def _matmul_kwargs(act_fn, n_act_args: int, reduction_n: int, w_mx: bool, w_k_gr
         kwargs.update(FINISH_SPLIT=True, launch_pdl=pdl, num_warps=4, num_stages=1)
     else:
         kwargs.update(launch_pdl=pdl, num_warps=part.num_warps, num_stages=part.num_stages)
+    if part.max_registers is not None and stage != "finish" and not interpreter:
+        kwargs["maxnreg"] = part.max_registers
     return _fast_launch.FixedKwargs(kwargs)
 
 

@@ -41,6 +41,9 @@ class MatmulConfig:
     # is computed by a second launch with this config instead of a block_m-row tile. choose_config
     # picks it at 15-16, 65-160 and 257-1024 rows per expert (NOTES_matmul_perf.md sections 12, 15, 16).
     tail: MatmulConfig | None = None
+    # Registers per thread the compiler may use (ptxas .maxnreg; None: its own choice). A lower cap
+    # fits more programs on an SM where registers are what limits them (65536 per SM).
+    max_registers: int | None = None
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "group_m"):
@@ -53,6 +56,10 @@ class MatmulConfig:
             raise ValueError(f"MatmulConfig: `decode` must be one of {DECODERS}, got {self.decode!r}")
         if self.block_k < 32:
             raise ValueError(f"MatmulConfig: `block_k` must be at least 32 (one MX block), got {self.block_k}")
+        if self.max_registers is not None and (not isinstance(self.max_registers, int)
+                                               or not 24 <= self.max_registers <= 255):
+            raise ValueError(f"MatmulConfig: `max_registers` must be None or an int in [24, 255], "
+                             f"got {self.max_registers!r}")
         if self.tail is not None:
             if not isinstance(self.tail, MatmulConfig):
                 raise TypeError(f"MatmulConfig: `tail` must be a MatmulConfig or None, got {type(self.tail).__name__}")
