@@ -7,8 +7,8 @@ when that exceeds the GPU time the GPU idles. This times back-to-back calls on t
 (no synchronisation inside a batch; the queue is drained before and after each) in several
 batches and reports the fastest batch and the median (the GPU host's timings vary up to 2x from
 run to run: the minimum is the figure to compare, the empty torch op shows how fast the host was),
-and, with --profile, prints the cProfile entries of the gate_up and down call sites. gate_up and down are timed again with
-matmul_ogs.FAST_LAUNCH off (every launch through Triton's JIT).
+and, with --profile, prints the cProfile entries of the gate_up and down call sites. gate_up and
+down are timed again with matmul_ogs.FAST_LAUNCH off (every launch through Triton's JIT).
 
 --stub: the same calls on a machine without a GPU (TRITON_INTERPRET unset), to measure the host
 work of the CUDA path anywhere. The probe says Hopper (132 SMs) and ops run "Triton" on CPU tensors;
