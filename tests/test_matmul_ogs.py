@@ -848,7 +848,8 @@ def test_int64_index_path(device, monkeypatch, split_k):
     out32, ref, (x, w, w64, bias, expts, gi, si, rd, gammas, pc, kwargs) = run_routed(
         device, True, True, True, True, "mxfp4", "raw", config=cfg)
     monkeypatch.setattr(mo, "_INT32_LIMIT", 16)
-    assert mo._needs_int64(mo._check(x, w, bias, rd, gi, si, pc, None, gammas, None, SWIGLU, None), x, x, x)
+    x_span = mo._span(x.shape, x.stride())
+    assert mo._needs_int64(mo._check(x, w, bias, rd, gi, si, pc, None, gammas, None, SWIGLU, None), x_span, x_span, x_span)
     out64 = matmul_ogs(x, w, bias, rd, config=cfg, **kwargs)
     assert torch.equal(out64, out32)
 
@@ -1120,7 +1121,7 @@ class _LaunchRecorder:
             self.kernel[grid](fresh, *args[1:], **kwargs)
             rows = ~fresh.isnan().all(dim=-1)
             y[rows] = fresh[rows]
-            self.written.append((kwargs["BLOCK_M"], rows.nonzero()[:, 1].tolist()))
+            self.written.append((kwargs["BLOCK_M"], rows.nonzero()[:, -1].tolist()))  # rows of [M, N] or [B, M, N]
         return launch
 
 
@@ -1325,7 +1326,8 @@ def test_hopper_build_of_every_decoder_compiles_and_quads_ptx_is_leanest():
 
 def test_host_spans_are_those_of_the_views():
     """_first_span / _span (the int32 check's spans, computed without making views) equal the
-    spans of t[0] and t from the views' own shapes and strides, empty and transposed ones included."""
+    spans of t[0] and t from the views' own shapes and strides, empty and transposed ones included;
+    _batched gives the shape and strides of t.unsqueeze(0) (what the kernel receives for 2-D x and out)."""
     import triton_kernels.matmul_ogs as mo
 
     def view_span(t):
@@ -1333,9 +1335,11 @@ def test_host_spans_are_those_of_the_views():
 
     base = torch.zeros(6, 10, 12)
     for t in (base, base.transpose(1, 2), base[:, ::3], base[:0], base[:, :0], base[2:].unsqueeze(0),
-              base.transpose(0, 2)[1:], torch.zeros(0, 5)):
+              base.transpose(0, 2)[1:], torch.zeros(0, 5), base[1], base[1].t(), base[1, ::2], base[:, 3], torch.zeros(3, 0)):
         assert mo._span(t.shape, t.stride()) == view_span(t)
-        assert mo._first_span(t) == (view_span(t[0]) if t.shape[0] else 0)
+        assert mo._first_span(t.shape, t.stride()) == (view_span(t[0]) if t.shape[0] else 0)
+        if t.dim() == 2:
+            assert mo._batched(t.shape, t.stride()) == (tuple(t.unsqueeze(0).shape), t.unsqueeze(0).stride())
 
 
 def test_host_integer_helpers_match_triton():
@@ -1363,7 +1367,8 @@ def test_weight_span_follows_a_replaced_description(monkeypatch):
 
     def needs_int64():
         p = mo._check(x, w, None, None, None, None, pc, None, None, None, None, None)
-        return mo._needs_int64(p, x.unsqueeze(0), x.unsqueeze(0), x.unsqueeze(0))
+        x_span = mo._span(x.shape, x.stride())
+        return mo._needs_int64(p, x_span, x_span, x_span)
 
     assert not needs_int64()
     assert not needs_int64()  # from the kept description

@@ -405,16 +405,25 @@ def _span(shape, strides) -> int:
     return span
 
 
-def _first_span(t: torch.Tensor) -> int:
-    """_span of t[0] (0 if t is empty along dim 0), without making the view."""
-    return _span(t.shape[1:], t.stride()[1:]) if t.shape[0] else 0
+def _first_span(shape, strides) -> int:
+    """_span of t[0] for a tensor t of this shape and these strides (0 if t is empty along dim 0)."""
+    return _span(shape[1:], strides[1:]) if shape[0] else 0
 
 
-def _needs_int64(p: _Problem, out: torch.Tensor, x: torch.Tensor, partial: torch.Tensor) -> bool:
-    """Whether per-tile offsets (within one batch / expert; the expert base is always 64-bit) can pass 2^31."""
-    spans = (_first_span(out), _first_span(x), _span(partial.shape, partial.stride()), p.w.expert_span,
-             p.ws.expert_span if p.ws is not None else 0)
-    return max(spans) > _INT32_LIMIT
+def _batched(shape, strides) -> tuple[tuple, tuple]:
+    """The shape and strides of t.unsqueeze(0) for a 2-D t (torch gives the new dim size * stride of
+    dim 0), without making the view; those of t for a 3-D t."""
+    if len(shape) == 3:
+        return shape, strides
+    return (1, *shape), (shape[0] * strides[0], *strides)
+
+
+def _needs_int64(p: _Problem, out_span: int, x_span: int, partial_span: int) -> bool:
+    """Whether per-tile offsets (within one batch / expert; the expert base is always 64-bit) can pass
+    2^31, given the `_first_span` of the kernel's [B, M, N] output and [B, M, K] x and the `_span` of
+    its partials."""
+    return max(out_span, x_span, partial_span, p.w.expert_span,
+               p.ws.expert_span if p.ws is not None else 0) > _INT32_LIMIT
 
 
 def _decoder(cfg: MatmulConfig, p: _Problem) -> int:
@@ -607,7 +616,7 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     if p.scatter is not None:
         y_out = y if y is not None else torch.empty(p.out_shape, dtype=p.out_dtype, device=x.device)
     if linear_splits:
-        out = partial[0]  # the kernel writes only the partials: no output rows to allocate
+        out = partial  # the kernel writes only the partials (its output is the first split): no rows to allocate
     elif p.scatter is not None:
         out = torch.empty((p.rows, p.n_out), dtype=torch.float32 if p.out_dtype == torch.float32 else p.out_dtype,
                           device=x.device)
@@ -616,18 +625,23 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     if not p.routed:  # unused by the kernel: any tensor argument does
         block_pid_map = token_offs = out
 
-    out3 = out if out.dim() == 3 else out.unsqueeze(0)
-    x3 = x if x.dim() == 3 else x.unsqueeze(0)
+    # the kernel reads out and x as [B, M, *]: a 2-D one with the strides unsqueeze(0) would give it
+    if linear_splits:
+        out_shape, out_strides = partial.shape[1:], partial.stride()[1:]
+    else:
+        out_shape, out_strides = _batched(out.shape, out.stride())
+    x_shape, x_strides = _batched(x.shape, x.stride())
     if partial is None:
-        partial = out3
+        partial, partial_shape, partial_strides = out, out_shape, out_strides
+    else:
+        partial_shape, partial_strides = partial.shape, partial.stride()
     wa, sa = p.w.addressing, (p.ws.addressing if p.ws is not None else None)
     if bias is not None:
         stride_bias_e = bias.stride(0) if bias.dim() == 2 and bias.shape[0] > 1 else 0
     args = list(p.act_args) + [None] * (_MAX_FN_ARGS - len(p.act_args))
-    out_strides, x_strides, partial_strides = out3.stride(), x3.stride(), partial.stride()
     launch_args = (
-        out3, *out_strides,
-        x3, x_strides[0] if p.batch > 1 else 0, x_strides[1], x_strides[2],
+        out, *out_strides,
+        x, x_strides[0] if p.batch > 1 else 0, x_strides[1], x_strides[2],
         p.w.data, wa.stride_e if p.w.n_experts not in (None, 1) or p.routed else 0,
         wa.stride_k_group, wa.stride_k_inner, wa.stride_n,
         p.ws.data if p.ws is not None else x, sa.stride_e if sa is not None and (p.ws.n_experts not in (None, 1) or p.routed) else 0,
@@ -639,15 +653,16 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
         partial, partial_strides[0], partial_strides[1] if split_k > 1 else 0, partial_strides[2] if split_k > 1 else 0,
         p.rows, p.n, p.k, p.n_expts_act, n_tiles_m,
         *((y_out, y_out.stride(0), y_out.stride(1), p.scatter, p.n_tokens) if sum_counters is not None
-          else (out3, 0, 0, out3, 0)),
-        counters if counters is not None else out3,
+          else (out, 0, 0, out, 0)),
+        counters if counters is not None else out,
         *args,
     )
     pdl = _pdl_ok()
     interpreter = target_info.get_target().interpreter
     shared = (p.act_fn, len(p.act_args), p.reduction_n, p.ws is not None, wa.k_group, sa.k_group if sa else 1,
               p.routed, p.gather is not None, bias is not None, betas is not None, gammas is not None,
-              out_alpha is not None, interpreter, _needs_int64(p, out3, x3, partial), split_k, pdl, cfg, len(parts),
+              out_alpha is not None, interpreter, _needs_int64(p, _first_span(out_shape, out_strides), _first_span(x_shape, x_strides),
+                                                    _span(partial_shape, partial_strides)), split_k, pdl, cfg, len(parts),
               sum_counters is not None, p.n_expts_act if sum_counters is not None else 1,
               # up to 64 tokens in one step of the in-launch sum (a constant where there is none: no recompiles)
               min(64, max(16, _next_pow2(p.n_tokens))) if sum_counters is not None else 16)
