@@ -238,17 +238,24 @@ def _check(x, w, bias, routing_data, gather_indx, scatter_indx, pc, betas, gamma
     _check_flex(pc)
     dev = x.device
 
-    fp4 = _ops.is_fp4(w)
-    if isinstance(w, torch.Tensor) and not fp4 and w.dtype not in _ACT_DTYPES:
-        raise TypeError(f"matmul_ogs: `w` must be bfloat16/float16 (dense), uint8 (MXFP4 packed along K) "
-                        f"or an FP4 Tensor, got {w.dtype}")
-    if not isinstance(w, torch.Tensor) and _ops.is_wrapped(w) and not fp4:
-        raise TypeError(f"matmul_ogs: `w` as a Tensor must have dtype FP4, got {w.dtype}")
+    if isinstance(w, torch.Tensor):
+        fp4 = w.dtype == torch.uint8
+        if not fp4 and w.dtype not in _ACT_DTYPES:
+            raise TypeError(f"matmul_ogs: `w` must be bfloat16/float16 (dense), uint8 (MXFP4 packed along K) "
+                            f"or an FP4 Tensor, got {w.dtype}")
+    else:
+        wrapped = _ops.is_wrapped(w)
+        fp4 = wrapped and _ops.is_fp4(w)
+        if wrapped and not fp4:
+            raise TypeError(f"matmul_ogs: `w` as a Tensor must have dtype FP4, got {w.dtype}")
     if _device_of(w) != dev:
         raise ValueError(f"matmul_ogs: `x` is on {dev} but `w` is on {_device_of(w)}; they must be on the same device")
-    if isinstance(w, torch.Tensor) and not fp4 and w.dtype != x.dtype:
-        raise TypeError(f"matmul_ogs: dense `w` must have x's dtype {x.dtype}, got {w.dtype}")
-    wop = _ops.operand(w, "w", 2 if fp4 and not isinstance(w, torch.Tensor) else 1)
+    if isinstance(w, torch.Tensor):
+        if not fp4 and w.dtype != x.dtype:
+            raise TypeError(f"matmul_ogs: dense `w` must have x's dtype {x.dtype}, got {w.dtype}")
+        wop = _ops.operand(w, "w", 1)
+    else:
+        wop = _ops.wrapped_operand(w, "w", 2) if wrapped else _ops.operand(w, "w", 1)
     k = x.shape[-1]
     n = wop.n
     if fp4:

@@ -101,6 +101,11 @@ def operand(t, what: str, logical_rows_per_row: int) -> Operand:
         return Operand(t, _strided(t), t.shape[0] if t.dim() == 3 else None, t.shape[-2], t.shape[-1])
     if not is_wrapped(t):
         raise TypeError(f"matmul_ogs: `{what}` must be a torch.Tensor or a triton_kernels Tensor, got {type(t).__name__}")
+    return wrapped_operand(t, what, logical_rows_per_row)
+
+
+def wrapped_operand(t, what: str, logical_rows_per_row: int) -> Operand:
+    """`operand` of a `t` known to be wrapped (`is_wrapped`)."""
     # weights are static: the description is kept on the wrapper, for as long as its storage, layout,
     # data and shape are the ones it was made from (transformers overwrites a wrapper's shape); the
     # kept entry holds those objects, so their ids cannot be reused by others meanwhile
