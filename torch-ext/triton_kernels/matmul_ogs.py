@@ -666,10 +666,11 @@ def _launch(p: _Problem, bias, routing_data, betas, gammas, out_alpha, y, config
     )
     pdl = _pdl_ok()
     interpreter = target_info.get_target().interpreter
+    index_64 = _needs_int64(p, _first_span(out_shape, out_strides), _first_span(x_shape, x_strides),
+                            _span(partial_shape, partial_strides))
     shared = (p.act_fn, len(p.act_args), p.reduction_n, p.ws is not None, wa.k_group, sa.k_group if sa else 1,
               p.routed, p.gather is not None, bias is not None, betas is not None, gammas is not None,
-              out_alpha is not None, interpreter, _needs_int64(p, _first_span(out_shape, out_strides), _first_span(x_shape, x_strides),
-                                                    _span(partial_shape, partial_strides)), split_k, pdl, cfg, len(parts),
+              out_alpha is not None, interpreter, index_64, split_k, pdl, cfg, len(parts),
               sum_counters is not None, p.n_expts_act if sum_counters is not None else 1,
               # up to 64 tokens in one step of the in-launch sum (a constant where there is none: no recompiles)
               min(64, max(16, _next_pow2(p.n_tokens))) if sum_counters is not None else 16)
