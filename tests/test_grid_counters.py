@@ -1,5 +1,7 @@
 """The zeroed counter pool shared by routing's grid barrier and matmul_ogs's in-launch top-k sum."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -19,8 +21,11 @@ def test_grid_counters_pool(monkeypatch):
     b = gc.barrier_counter(cpu, 12, capturing=False)
     c = gc.barrier_counter(cpu, 11, capturing=True)
     assert len({a.data_ptr(), b.data_ptr(), c.data_ptr()}) == 3 and c.data_ptr() % 16 == 0
-    assert gc.barrier_counter(cpu, 11, capturing=True) is None  # pool used up: the caller takes two launches
-    assert gc.barrier_counter(cpu, 13, capturing=False) is None
+    with pytest.warns(RuntimeWarning, match="counter pool of cpu is used up"):
+        assert gc.barrier_counter(cpu, 11, capturing=True) is None  # pool used up: the caller takes two launches
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per device
+        assert gc.barrier_counter(cpu, 13, capturing=False) is None
     assert gc.barrier_counter(cpu, 12, capturing=False).data_ptr() == b.data_ptr()
 
 
@@ -41,7 +46,8 @@ def test_tile_counters_per_stream_block_and_captures(monkeypatch):
     assert bar.data_ptr() >= a.data_ptr() + 256 * 4
     c = gc.tile_counters(cpu, 5, True, 20)
     assert c.numel() == 20 and c.data_ptr() % 16 == 0 and c.data_ptr() >= bar.data_ptr() + 16
-    assert gc.tile_counters(cpu, 5, True, 8) is None  # 64 + 1 + 5 units taken: the pool is used up
+    with pytest.warns(RuntimeWarning, match="used up"):
+        assert gc.tile_counters(cpu, 5, True, 8) is None  # 64 + 1 + 5 units taken: the pool is used up
     assert gc.tile_counters(cpu, 6, False, 1) is None
 
 

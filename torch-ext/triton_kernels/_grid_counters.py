@@ -18,12 +18,14 @@ A counter serves one call at a time:
 Both callers ask `current_stream` (the stream handle and whether it is being captured) and pass
 its answer on. `barrier_counter` and `tile_counters` return None when no counters can be had (a capture before
 any eager call on that device, more tiles than an eager block holds, or the pool used up by
-captures); the caller then takes a path that needs none (one more launch).
+captures, which is said once per device by a RuntimeWarning); the caller then takes a path that
+needs none (one more launch).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from triton.runtime import driver
@@ -38,10 +40,18 @@ class _DevicePool:
     counters: torch.Tensor
     next_free: int = 0
     by_stream: dict = dataclasses.field(default_factory=dict)
+    warned: bool = False
 
     def take(self, n: int = 1) -> torch.Tensor | None:
         units = -(-n // COUNTER_STRIDE)
         if self.next_free + units > POOL_COUNTERS:
+            if not self.warned:  # many captures (e.g. a graph per batch size and layer): say why calls got slower
+                self.warned = True
+                warnings.warn(f"triton_kernels: the {POOL_COUNTERS * COUNTER_STRIDE * 4 >> 10} KiB counter pool of "
+                              f"{self.counters.device} is used up (each CUDA-graph capture keeps its counters); "
+                              "from now on calls that find none take one more launch (routing's placement, "
+                              "matmul_ogs's top-k sum or split finish): same results, a little slower",
+                              RuntimeWarning, stacklevel=4)
             return None
         at = self.next_free * COUNTER_STRIDE
         self.next_free += units
