@@ -3,6 +3,7 @@ stand-in for Triton's JIT (CPU), and matmul_ogs through the fast path against th
 
 import pytest
 import torch
+import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
@@ -352,3 +353,29 @@ def test_launch_fixed_goes_to_the_jit_where_triton_specializes(fake_jit, change)
     fl.launch_fixed(KERNEL, (1,), tuple(args), fl.FixedKwargs(kwargs))
     assert len(fake_jit) == n_jit + 1
     assert fl.FixedKwargs(dict(FLAG=True)) != fl.FixedKwargs(dict(FLAG=1))
+
+
+def test_run_compiled_builds_launch_metadata_only_for_a_listening_hook():
+    """Triton's launch hooks are a chain that is never None: the metadata (per launch work) is made
+    only where a hook has been added, and then handed to the launcher."""
+    calls = []
+
+    class Compiled(FakeCompiled):
+        def launch_metadata(self, grid, stream, *values):
+            calls.append((grid, stream, values))
+            return "meta-dict"
+
+        def run(self, gx, gy, gz, stream, function, packed, meta, enter, leave, *values):
+            self.launches.append((meta, values))
+
+    compiled = Compiled()
+    fl.run_compiled(compiled, (4,), (X, 3), 9)
+    assert calls == [] and compiled.launches == [(None, (X, 3))]
+    hook = triton.knobs.runtime.launch_enter_hook
+    listener = lambda meta: None  # noqa: E731
+    hook.add(listener)
+    try:
+        fl.run_compiled(compiled, (4, 2), (X, 3), 9)
+    finally:
+        hook.remove(listener)
+    assert calls == [((4, 2, 1), 9, (X, 3))] and compiled.launches[-1] == ("meta-dict", (X, 3))

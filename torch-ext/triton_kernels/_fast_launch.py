@@ -177,11 +177,17 @@ def _specialization_key(fn: JITFunction, bound: tuple, device: int):
     """launch_key less the kernel (`launch` keeps one cache per kernel)."""
     _, consts, runtime, options = bound
     try:
-        runtime_keys = _runtime_keys(runtime)
+        return _key(fn, device, options, consts, runtime)
     except _Unkeyed:
         return None
-    return (device, options, fn.debug, knobs.runtime.debug, knobs.compilation.instrumentation_mode, consts,
-            tuple(map(type, consts)), runtime_keys)
+
+
+def _key(fn: JITFunction, device: int, form, consts: tuple, runtime: tuple) -> tuple:
+    """What a compiled kernel of `fn` is kept under: the device, the call's `form` (its launch
+    options, or its FixedKwargs whole), the JIT's debug and instrumentation knobs, the constexprs'
+    values and types, and the other values' keys. Raises _Unkeyed (see `arg_key`)."""
+    return (device, form, fn.debug, knobs.runtime.debug, knobs.compilation.instrumentation_mode, consts,
+            tuple(map(type, consts)), _runtime_keys(runtime))
 
 
 def _globals_changed(fn: JITFunction) -> bool:
@@ -229,7 +235,7 @@ def _relaunch_or_jit(fn, grid: tuple, args: tuple, kwargs, key, device, values):
         if key is not None and hasattr(compiled, "packed_metadata"):
             _COMPILED.setdefault(id(fn), {})[key] = compiled
         return compiled
-    _run(compiled, grid, values(), _current_stream(device))
+    run_compiled(compiled, grid, values(), _current_stream(device))
     return compiled
 
 
@@ -277,22 +283,24 @@ def launch_fixed(fn, grid: tuple, args: tuple, fixed: FixedKwargs):
         binding, arg_consts = entry
         flat = args + fixed.values + params.defaults
         device = _current_device()
-        consts = arg_consts(args)
         try:
-            key = (device, form, fn.debug, knobs.runtime.debug, knobs.compilation.instrumentation_mode, consts,
-                   tuple(map(type, consts)), _runtime_keys(binding.runtime(flat)))
+            key = _key(fn, device, form, arg_consts(args), binding.runtime(flat))
         except _Unkeyed:
             key = None
     return _relaunch_or_jit(fn, grid, args, fixed.kwargs, key, device, lambda: binding.values(flat))
 
 
-def _run(compiled, grid: tuple, values: tuple, stream) -> None:
-    """What the JIT does with a kernel it found, given the bound values."""
+def run_compiled(compiled, grid: tuple, values: tuple, stream) -> None:
+    """What the JIT does with a kernel it found, given every parameter's value in signature order.
+    The launch metadata is built only where a launch hook listens (a profiler): Triton's hooks are a
+    chain that is never None, and the metadata goes nowhere else."""
     grid_x = grid[0]
     grid_y = grid[1] if len(grid) > 1 else 1
     grid_z = grid[2] if len(grid) > 2 else 1
     enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-    meta = compiled.launch_metadata(grid, stream, *values) if enter is not None else None
+    meta = None
+    if enter is not None and getattr(enter, "calls", True):
+        meta = compiled.launch_metadata((grid_x, grid_y, grid_z), stream, *values)
     compiled.run(grid_x, grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, meta, enter, leave,
                  *values)
 

@@ -58,6 +58,7 @@ import torch
 import triton
 
 from .. import target_info
+from .._fast_launch import run_compiled
 from .._grid_counters import barrier_counter, current_stream
 from ._kernels import (BLOCK_SIZES, expt_data_kernel, routing_fused_kernel, routing_place_kernel,
                        routing_rows_kernel, routing_topk_kernel)
@@ -272,14 +273,9 @@ def _launch(fn, n_programs: int, key, args: tuple, consts: tuple, num_warps: int
         if FAST_LAUNCH and device.type == "cuda" and hasattr(compiled, "packed_metadata"):
             _COMPILED[key] = compiled
         return
-    knobs = triton.knobs.runtime
     if stream is None:
         stream = triton.runtime.driver.active.get_current_stream(device.index)
-    enter, leave = knobs.launch_enter_hook, knobs.launch_exit_hook
-    meta = None
-    if enter is not None and getattr(enter, "calls", True):  # someone listens (a profiler): as the JIT does
-        meta = hit.launch_metadata((n_programs, 1, 1), stream, *args, *consts)
-    hit.run(n_programs, 1, 1, stream, hit.function, hit.packed_metadata, meta, enter, leave, *args, *consts)
+    run_compiled(hit, (n_programs,), args + consts, stream)
 
 
 _COOPERATIVE_REFUSED = False  # the driver refused a cooperative launch in this process (e.g. under MPS)
