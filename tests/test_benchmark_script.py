@@ -1,6 +1,7 @@
 """benchmarks/benchmark.py runs under the real `kernels benchmark` command and its checks pass; the
 benchmark scripts' arguments are checked."""
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -38,3 +39,22 @@ def test_ab_switches_refuses_what_is_not_a_bool_switch():
     for bad in ("matmul_ogs.matmul_ogs", "matmul_ogs.NO_SUCH", "no_such_module.FLAG", "K_TAIL_64_STEPS"):
         with pytest.raises(SystemExit, match="is not a bool switch of triton_kernels"):
             ab_switches._switches(bad)
+
+
+def test_bench_moe_refuses_bad_lists_before_any_gpu_work():
+    """bench_moe's --tokens / --experts take comma-separated positive ints and --layouts known layout
+    names: anything else is an argparse error naming what was expected."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_moe.py"), "--tokens", "1,x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "argument --tokens: expected comma-separated positive ints, got '1,x'" in proc.stderr
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import bench_moe
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    assert bench_moe.positive_ints("1,8,64") == [1, 8, 64] and bench_moe.layout_names("default") == ["default"]
+    for bad in ("0", "", "32,", "-1", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected comma-separated positive ints"):
+            bench_moe.positive_ints(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown layouts \['foo'\]"):
+        bench_moe.layout_names("default,foo")
