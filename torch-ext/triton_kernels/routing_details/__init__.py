@@ -32,10 +32,11 @@ Two paths:
   from E_pad = 64 on unless there are user indices, sm_first or k > 8: one row tile of ROWS rows
   per program, Q threads per row, each row's top-k by insertion in registers
   (`topk_details.row_topk`); the picks are the keys >= the k-th, and their ranks come from one
-  matmul per block of up to RANK_BLOCK_MAX columns,
-  (2 * strictly-lower + identity) @ picks, whose accumulator holds 2 * rank + pick, stored as
-  bytes at (row, expert) in a [T, E_PAD] scratch that the program reads back at its picks (the
-  softmax weights are taken there too, and the counts rows are bytes). Otherwise launch 1
+  matmul per block of up to RANK_BLOCK_MAX columns, (lower triangle with its diagonal) @ picks,
+  whose accumulator holds the picks of each expert up to each row, stored as bytes at (row,
+  expert) in a [T, E_PAD] scratch that the program reads back at its picks (rank = count - 1; the
+  softmax weights are taken there too); the row of each program's last token is its counts row,
+  read from there by the placement. Otherwise launch 1
   is `routing_topk_kernel` (P programs of `n_iter` tiles, `select_tile` and `_rank_tile`).
   With PDL on Hopper and newer, the placement is launched as a programmatic dependent of launch 1
   (its launch overlaps launch 1's run; it waits for launch 1's results before reading them).

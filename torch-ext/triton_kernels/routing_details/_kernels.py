@@ -427,11 +427,11 @@ def routing_rows_kernel(
     (in registers, no per-key shuffles) and keeps its keys; the picks are the keys >= the K-th.
     Per slot (in the [ROWS, K] slot domain) it stores the expert and the softmax weight of its
     row's picks (float64, as `routing_torch`) and the rank within the program. The ranks: one
-    matmul per RANK_BLOCK columns (a reload of the logits) on the tensor cores,
-    (2 * strictly-lower + identity) @ picks = 2 * (picks of that expert in earlier rows) + pick, so
-    the pick flag and its rank come out together in the accumulator layout; they go to a byte
-    array [T, E_PAD] at (row, expert), which the program reads back at its picks into the slot
-    domain. The last row of the same product is the program's counts row (stored as bytes).
+    matmul per RANK_BLOCK columns (a reload of the logits) on the tensor cores, (lower triangle
+    with its diagonal) @ picks = picks of that expert in this and earlier rows of the tile; those
+    counts go to a byte array [T, E_PAD] at (row, expert), which the program reads back at its
+    picks (rank = count - 1) into the slot domain, with the row of its last token: the program's
+    counts row (bytes).
 
     ONE_LAUNCH (a cooperative grid, `bar_ptr` its barrier counter): instead of leaving the slots to
     `routing_place_kernel`, every program waits for all counts rows (`_grid_barrier`), takes the
@@ -467,7 +467,7 @@ def routing_rows_kernel(
     # ranks: [ROWS, RANK_BLOCK] blocks of 0/1 picks through one matmul each
     kth = tl.where(row_ok, best[K - 1], 2147483647 if PACK32 else 9223372036854775807)  # dead rows: none
     r = tl.arange(0, ROWS)
-    tri = tl.where(r[None, :] < r[:, None], 2.0, tl.where(r[None, :] == r[:, None], 1.0, 0.0)).to(tl.float16)
+    tri = tl.where(r[None, :] <= r[:, None], 1.0, 0.0).to(tl.float16)
     NB: tl.constexpr = RANK_BLOCK
     rows64 = rows.to(tl.int64)
     for c0 in tl.static_range(0, E_PAD, NB):
@@ -476,18 +476,20 @@ def routing_rows_kernel(
         x = tl.load(x_ptr + rows64[:, None] * stride_xt + cols[None, :] * stride_xe,
                     mask=in_t[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
         hit = (_keys_of(x, cols[None, :], col_ok[None, :], PACK32) >= kth[:, None]).to(tl.float16)
-        v = tl.dot(tri, hit, out_dtype=tl.float32).to(tl.int32)
-        # every byte of the row block (only those at the picks are read): unmasked columns let the
-        # stores be vectors
-        tl.store(rank8 + rows64[:, None] * E_PAD + cols[None, :], (v >> 1).to(tl.uint8), mask=in_t[:, None])
-        # the counts row as bytes (at most ROWS <= 128 picks per expert): the placement reads all rows
-        tl.store(counts8 + pid * E_PAD + cols[None, :] + r[:, None] * 0, ((v >> 1) + (v & 1)).to(tl.uint8),
-                 mask=r[:, None] == ROWS - 1)
+        # picks of each expert in this and earlier rows of the tile (<= ROWS <= 128: a byte)
+        v = tl.dot(tri, hit, out_dtype=tl.float32).to(tl.uint8)
+        # every byte of the row block (unmasked columns let the stores be vectors); a masked store of
+        # the last row alone would convert the whole accumulator's layout: that row is read back below
+        tl.store(rank8 + rows64[:, None] * E_PAD + cols[None, :], v, mask=in_t[:, None])
     # the ranks at the picks, in the slot domain: read back by this program (the barrier orders its
     # threads' global stores before the loads), so the placement loads them with the slot's other
     # fields instead of after the expert
     tl.debug_barrier()
-    rank = tl.load(rank8 + rows64[:, None] * E_PAD + sel, mask=live & row_ok[:, None], other=0)
+    rank = tl.load(rank8 + rows64[:, None] * E_PAD + sel, mask=live & row_ok[:, None], other=1).to(tl.int32) - 1
+    # the counts row: the counts at the tile's last token
+    last = tl.minimum(pid * ROWS + ROWS, n_tokens) - 1
+    all_cols = tl.arange(0, E_PAD)
+    tl.store(counts8 + pid * E_PAD + all_cols, tl.load(rank8 + last.to(tl.int64) * E_PAD + all_cols))
     # the weights (while those loads are in flight) here, not in the placement: a row's picks are in
     # its threads already, and the placement's chain of dependent steps is the shorter for it
     w = _softmax_picks(_key_value(bests, PACK32), row_ok[:, None] & (kk[None, :] < K))
@@ -505,7 +507,7 @@ def routing_rows_kernel(
                          scans)
     else:
         tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
-        tl.store(ws_ptr + rank_o + slot, rank.to(tl.int32), mask=live)
+        tl.store(ws_ptr + rank_o + slot, rank, mask=live)
     if USE_PDL:  # this program's results are stored: the placement may be launched (it waits for the grid)
         gdc_launch_dependents()
 
