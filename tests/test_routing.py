@@ -295,17 +295,28 @@ def test_routing_plan_variants(variant, case, device, poisoned_workspace, monkey
     assert_routing_equal(*run_both(logits, k, **case))
 
 
+@pytest.mark.parametrize("lanes", [True, False], ids=["lane-counts", "byte-counts"])
 @pytest.mark.parametrize("case", [dict(T=70, E=64, k=3), dict(T=45, E=128, k=4, n_rows=31, simulated_ep=2)])
-def test_routing_rows_path_grouped_placement(case, device, poisoned_workspace, monkeypatch):
+def test_routing_rows_path_grouped_placement(case, lanes, device, poisoned_workspace, monkeypatch):
     """The rows path with placement programs that each place several top-k programs' rows (the
-    byte counts rows advanced part by part)."""
+    byte counts rows advanced part by part), with the counts prefix summed in 16-bit lanes (below
+    2^16 tokens) or byte by byte."""
+    import dataclasses
     case = dict(case)
     T, E, k = case.pop("T"), case.pop("E"), case.pop("k")
     plan = routing_details._rows_plan(T, E, k, case.get("simulated_ep", 1), 16, routing_details.ROWS_Q, 4, 2)
-    assert plan.rows_q and plan.n_parts > 2 and plan.n_place_programs < plan.n_parts
+    assert plan.rows_q and plan.n_parts > 2 and plan.n_place_programs < plan.n_parts and plan.lane_counts
+    plan = dataclasses.replace(plan, lane_counts=lanes)
     monkeypatch.setattr(routing_details, "make_routing_plan", lambda *a, **kw: plan)
     logits = torch.randn(T, E, generator=torch.Generator().manual_seed(T + E)).to(torch.bfloat16).to(device)
     assert_routing_equal(*run_both(logits, k, **case))
+
+
+def test_rows_plan_lane_counts_only_below_2_16_tokens():
+    """An expert's count summed in a 16-bit lane must stay below 2^16: at most one slot per token."""
+    for T, lanes in [(65535, True), (65536, False)]:
+        plan = routing_details.make_routing_plan(T, 128, 4, 1, False, 132)
+        assert plan.rows_q and plan.lane_counts == lanes, (T, plan)
 
 
 ONE_LAUNCH_CASES = [dict(T=100, E=64, k=4), dict(T=45, E=128, k=4, n_rows=31, simulated_ep=2), dict(T=20, E=256, k=8),
@@ -623,14 +634,14 @@ for user, smf in [(False, False), (True, True)]:
     build(routing_place_kernel, {"ws_ptr": "*i32"}, dict(K=4, K_PAD=4, E_PAD=128, PART_ROWS=32, PLACE_ROWS=128,
                                                          TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user,
                                                          COUNTS8=not user, USE_PDL=not user,
-                                                         PACKED_SCANS=not user), 4)
+                                                         PACKED_SCANS=not user, LANE_COUNTS=not user), 4)
 for dt, e, k, rows, q, one in [("*bf16", 128, 4, 128, 4, True), ("*fp32", 40, 3, 16, 1, False),
                                ("*fp16", 256, 8, 32, 4, True), ("*bf16", 128, 4, 128, 4, False)]:
     build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64", "bar_ptr": "*i32"},
           dict(K=k, K_PAD=1 << (k - 1).bit_length(), E_PAD=max(32, 1 << (e - 1).bit_length()), ROWS=rows, Q=q,
                N_ROWS_FROM_PTR=True, PACK32=dt != "*fp32", FULL_E=e == 128, RANK_BLOCK=16 if e == 40 else 128,
                USE_PDL=q == 4 and not one, ONE_LAUNCH=one, PART_ROWS=64 if one else 1, TILE_BLOCK=8,
-               PACKED_SCANS=one),
+               PACKED_SCANS=one, LANE_COUNTS=one),
           max(1, rows * q // 32))
 build(expt_data_kernel, {"hist_in_ptr": "*i32", "ws_ptr": "*i32"}, dict(E_PAD=32, TILE_BLOCK=128), 4)
 print("compiled")
@@ -686,6 +697,18 @@ def test_routing_gpu_options(T, E, k):
     for bm in (16, 32, 64, 128):
         assert torch.equal(got.block_pid_map[bm], ref.block_pid_map[bm])
         assert torch.equal(got.token_offs_pad[bm], ref.token_offs_pad[bm])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [65535, 65536])
+def test_routing_gpu_one_expert_in_every_row(T):
+    """Every token routed to expert 5: its count is T, the most a 16-bit lane of the counts prefix
+    holds at T = 65535 (the byte counts are summed in bytes from T = 65536 on)."""
+    logits = torch.randn(T, 128, device="cuda").to(torch.bfloat16)
+    logits[:, 5] = 100
+    got, ref = run_both(logits, 4)
+    assert_routing_equal(got, ref)
+    assert int(ref[0].expt_hist[5]) == T
 
 
 @pytest.mark.gpu

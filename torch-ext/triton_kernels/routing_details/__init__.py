@@ -140,6 +140,7 @@ class RoutingPlan:
     rows_q: int = 0  # split path with `routing_rows_kernel`: threads per row (0: `routing_topk_kernel`)
     packed_scans: bool = False  # placement: the expert prefix sums as packed fields (`_kernels._expert_scans`)
     one_launch: bool = False  # rows path: `routing_rows_kernel` places the slots itself after a grid barrier
+    lane_counts: bool = False  # rows path: byte counts rows summed in 16-bit lanes (no expert can reach 2^16 slots)
 
 
 # Split path's top-k kernel: keys of the [block_t, E] logits tile per thread and the warp range,
@@ -171,7 +172,8 @@ def _rows_plan(n_tokens: int, n_expts: int, k: int, simulated_ep: int, rows: int
         parts_per_place, place_warps = 1, num_warps
     plan = _split_plan(n_tokens, n_expts, k, simulated_ep, rows, 1, num_warps, parts_per_place, place_warps)
     sizes = _layout(n_tokens * k, n_expts // simulated_ep, plan.n_parts, e_pad, n_tokens * e_pad)
-    return dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q, one_launch=one_launch)
+    return dataclasses.replace(plan, sizes=sizes, total=sum(sizes), rows_q=q, one_launch=one_launch,
+                               lane_counts=n_tokens < 1 << 16)
 
 
 ROWS_MAX = 128  # rows per program of the rows path (the [ROWS, ROWS] rank matmul operand)
@@ -334,7 +336,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
         if plan.rows_q:
             consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
                       min(plan.e_pad, RANK_BLOCK_MAX), pdl and not plan.one_launch, plan.one_launch, plan.part_rows,
-                      plan.tile_block, plan.packed_scans)
+                      plan.tile_block, plan.packed_scans, plan.lane_counts)
             try:
                 _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
                         (logits, sx0, sx1, ws, n_rows_ptr, counter, n_tokens, n_expts, n_local, n_rows_val), consts,
@@ -353,7 +355,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
                      plan.n_iter), consts, plan.num_warps, dev)
         # the softmax: in launch 1 with sm_first (before the top-k) or on the rows path, else here
         consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block,
-                  not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl, plan.packed_scans)
+                  not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl, plan.packed_scans, plan.lane_counts)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.rows_per_part, plan.parts_per_place, n_tokens, n_local), consts,
                 plan.place_warps, dev, launch_pdl=pdl)

@@ -219,10 +219,47 @@ def _write_expt_data(totals, n_local, n_gates, hist_ptr, raw_ptr, pad_ptr, map16
 
 
 @triton.jit
-def _counts_prefix(counts, n_parts, p0, PART_ROWS: tl.constexpr, E_PAD: tl.constexpr):
+def _add4(a0, b0, c0, d0, a1, b1, c1, d1):
+    return a0 + a1, b0 + b1, c0 + c1, d0 + d1
+
+
+@triton.jit
+def _unpack_lanes(even, odd):
+    """[W] words of 16-bit lanes -> [4 W] per expert: expert 4 j + i is lane i // 2 of word j of
+    `even` (i = 0, 2) or of `odd` (i = 1, 3)."""
+    even2 = tl.join(even & 0xFFFF, (even >> 16) & 0xFFFF)  # [W, 2]: experts 4 j, 4 j + 2
+    odd2 = tl.join(odd & 0xFFFF, (odd >> 16) & 0xFFFF)
+    return tl.reshape(tl.join(even2, odd2), [4 * even.shape[0]])  # [W, 2, 2]: [j, i // 2, i % 2]
+
+
+@triton.jit
+def _counts_prefix(counts, n_parts, p0, PART_ROWS: tl.constexpr, E_PAD: tl.constexpr,
+                   LANES: tl.constexpr = False):
     """The P counts rows ([n_parts, E_PAD] at `counts`, int32 or bytes): per expert, the sum over all
     rows (totals) and over the rows before p0. Loads bypass L1: in the one-launch path other
-    programs wrote the rows during this kernel."""
+    programs wrote the rows during this kernel.
+    LANES (byte rows, `counts` an int32 pointer to them, every sum < 2^16: the host checks T): four
+    experts per loaded word, summed as two words of 16-bit lanes (even and odd bytes), so the
+    loads, adds and the cross-warp reduction handle a quarter of the elements."""
+    if LANES:
+        W: tl.constexpr = E_PAD // 4
+        words = tl.arange(0, W)
+        zero = tl.zeros([PART_ROWS, W], dtype=tl.int32)
+        even_all, odd_all, even_before, odd_before = zero, zero, zero, zero
+        for r0 in range(0, n_parts, PART_ROWS):
+            r = r0 + tl.arange(0, PART_ROWS)
+            word = tl.load(counts + r[:, None] * W + words[None, :], mask=r[:, None] < n_parts, other=0,
+                           cache_modifier=".cg")
+            even = word & 0x00FF00FF
+            odd = (word >> 8) & 0x00FF00FF
+            early = r[:, None] < p0
+            even_all += even
+            odd_all += odd
+            even_before += tl.where(early, even, 0)
+            odd_before += tl.where(early, odd, 0)
+        even_all, odd_all, even_before, odd_before = tl.reduce((even_all, odd_all, even_before, odd_before), 0,
+                                                               _add4)
+        return _unpack_lanes(even_all, odd_all), _unpack_lanes(even_before, odd_before)
     cols = tl.arange(0, E_PAD)
     acc_all = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
     acc_before = tl.zeros([PART_ROWS, E_PAD], dtype=tl.int32)
@@ -420,7 +457,7 @@ def routing_rows_kernel(
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, ROWS: tl.constexpr, Q: tl.constexpr,
     N_ROWS_FROM_PTR: tl.constexpr, PACK32: tl.constexpr, FULL_E: tl.constexpr, RANK_BLOCK: tl.constexpr = 16,
     USE_PDL: tl.constexpr = False, ONE_LAUNCH: tl.constexpr = False, PART_ROWS: tl.constexpr = 1,
-    TILE_BLOCK: tl.constexpr = 8, PACKED_SCANS: tl.constexpr = False,
+    TILE_BLOCK: tl.constexpr = 8, PACKED_SCANS: tl.constexpr = False, LANE_COUNTS: tl.constexpr = False,
 ):
     """Launch 1 of 2 (or the only one: ONE_LAUNCH) without user indices or sm_first (K <= 8):
     program p takes ROWS rows, Q threads per row. `row_topk` gives each row's K_PAD largest keys
@@ -495,7 +532,10 @@ def routing_rows_kernel(
     w = _softmax_picks(_key_value(bests, PACK32), row_ok[:, None] & (kk[None, :] < K))
     if ONE_LAUNCH:
         _grid_barrier(bar_ptr)
-        totals, before = _counts_prefix(counts8, tl.num_programs(0), pid, PART_ROWS, E_PAD)
+        if LANE_COUNTS:
+            totals, before = _counts_prefix(ws_ptr + part_o, tl.num_programs(0), pid, PART_ROWS, E_PAD, True)
+        else:
+            totals, before = _counts_prefix(counts8, tl.num_programs(0), pid, PART_ROWS, E_PAD)
         scans = _expert_scans(totals, n_local, PACKED_SCANS)
         routed = live & row_ok[:, None]
         at = tl.reshape(tl.where(routed, sel, 0), [ROWS * K_PAD])
@@ -518,6 +558,7 @@ def routing_place_kernel(
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, PART_ROWS: tl.constexpr,
     PLACE_ROWS: tl.constexpr, TILE_BLOCK: tl.constexpr, SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr,
     COUNTS8: tl.constexpr, USE_PDL: tl.constexpr = False, PACKED_SCANS: tl.constexpr = False,
+    LANE_COUNTS: tl.constexpr = False,
 ):
     """Launch 2 of 2 (after `routing_topk_kernel`, or `routing_rows_kernel` with COUNTS8: byte
     counts rows): program q places the rows of top-k programs [q * parts_per_prog, ...): totals and the prefix before its
@@ -536,7 +577,10 @@ def routing_place_kernel(
         counts = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
     else:
         counts = ws_ptr + part_o
-    totals, before = _counts_prefix(counts, n_parts, p0, PART_ROWS, E_PAD)
+    if LANE_COUNTS:  # bytes, read as words
+        totals, before = _counts_prefix(ws_ptr + part_o, n_parts, p0, PART_ROWS, E_PAD, True)
+    else:
+        totals, before = _counts_prefix(counts, n_parts, p0, PART_ROWS, E_PAD)
     dead_before = n_parts * 0
     if USER_INDX:
         for r0 in range(0, p0, PART_ROWS):
