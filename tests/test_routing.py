@@ -634,7 +634,8 @@ for user, smf in [(False, False), (True, True)]:
     build(routing_place_kernel, {"ws_ptr": "*i32"}, dict(K=4, K_PAD=4, E_PAD=128, PART_ROWS=32, PLACE_ROWS=128,
                                                          TILE_BLOCK=32, SOFTMAX=not smf, USER_INDX=user,
                                                          COUNTS8=not user, USE_PDL=not user,
-                                                         PACKED_SCANS=not user, LANE_COUNTS=not user), 4)
+                                                         PACKED_SCANS=not user, LANE_COUNTS=not user,
+                                                         ONE_STEP=not user), 4)
 for dt, e, k, rows, q, one in [("*bf16", 128, 4, 128, 4, True), ("*fp32", 40, 3, 16, 1, False),
                                ("*fp16", 256, 8, 32, 4, True), ("*bf16", 128, 4, 128, 4, False)]:
     build(routing_rows_kernel, {"x_ptr": dt, "ws_ptr": "*i32", "n_rows_ptr": "*i64", "bar_ptr": "*i32"},

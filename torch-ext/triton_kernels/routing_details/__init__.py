@@ -355,7 +355,8 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
                      plan.n_iter), consts, plan.num_warps, dev)
         # the softmax: in launch 1 with sm_first (before the top-k) or on the rows path, else here
         consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block,
-                  not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl, plan.packed_scans, plan.lane_counts)
+                  not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl, plan.packed_scans, plan.lane_counts,
+                  plan.parts_per_place == 1 and plan.place_rows >= plan.rows_per_part)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.rows_per_part, plan.parts_per_place, n_tokens, n_local), consts,
                 plan.place_warps, dev, launch_pdl=pdl)

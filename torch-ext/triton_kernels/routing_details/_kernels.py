@@ -312,14 +312,30 @@ def _place_rows(ws_ptr, row0, row_end, base, dead_base, expt_o, rank_o, w_o, gat
     slot at its sorted position: base[e] + rank when routed, else dead_base + rank (user indices)
     or the slot itself (dead rows: they sort after all routed slots, in slot order). RANK_IS_POS:
     the rank already is the position."""
+    loaded = _load_slots(ws_ptr, row0, row_end, expt_o, rank_o, w_o, ROWS, K, K_PAD)
+    _place_loaded(ws_ptr, loaded, base, dead_base, gate, scal, n_local, ROWS, K_PAD, SOFTMAX, USER_INDX, RANK_IS_POS)
+
+
+@triton.jit
+def _load_slots(ws_ptr, row0, row_end, expt_o, rank_o, w_o, ROWS: tl.constexpr, K: tl.constexpr,
+                K_PAD: tl.constexpr):
+    """The first half of `_place_rows`: (slot, live, expert, rank, value) of the rows' slots."""
     rows = row0 + tl.arange(0, ROWS)
     kk = tl.arange(0, K_PAD)
     slot = rows[:, None] * K + kk[None, :]
     live = (rows < row_end)[:, None] & (kk[None, :] < K)
     expt = tl.load(ws_ptr + expt_o + slot, mask=live, other=-1)
-    routed = expt >= 0
     rank = tl.load(ws_ptr + rank_o + slot, mask=live, other=0)
     v = tl.load(ws_ptr + w_o + slot, mask=live, other=0).to(tl.float32, bitcast=True)
+    return slot, live, expt, rank, v
+
+
+@triton.jit
+def _place_loaded(ws_ptr, loaded, base, dead_base, gate, scal, n_local, ROWS: tl.constexpr, K_PAD: tl.constexpr,
+                  SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr, RANK_IS_POS: tl.constexpr):
+    """The second half of `_place_rows`, on `_load_slots`' result."""
+    slot, live, expt, rank, v = loaded
+    routed = expt >= 0
     if RANK_IS_POS:
         pos = rank
     else:
@@ -558,13 +574,15 @@ def routing_place_kernel(
     K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, PART_ROWS: tl.constexpr,
     PLACE_ROWS: tl.constexpr, TILE_BLOCK: tl.constexpr, SOFTMAX: tl.constexpr, USER_INDX: tl.constexpr,
     COUNTS8: tl.constexpr, USE_PDL: tl.constexpr = False, PACKED_SCANS: tl.constexpr = False,
-    LANE_COUNTS: tl.constexpr = False,
+    LANE_COUNTS: tl.constexpr = False, ONE_STEP: tl.constexpr = False,
 ):
     """Launch 2 of 2 (after `routing_topk_kernel`, or `routing_rows_kernel` with COUNTS8: byte
     counts rows): program q places the rows of top-k programs [q * parts_per_prog, ...): totals and the prefix before its
     first part from the counts rows, then every slot to its sorted position (no sort: the ranks
     are known) with the softmax of its row; then ExptData shared by all programs. USE_PDL: launched
-    as a programmatic dependent of launch 1, it waits for launch 1's results first."""
+    as a programmatic dependent of launch 1, it waits for launch 1's results first.
+    ONE_STEP (the host's promise: one part per program, placed in one `_place_rows` step): the
+    slots are loaded before the counts rows, so the two round trips overlap."""
     pid = tl.program_id(0)
     n_slots = n_tokens * K
     gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
@@ -573,6 +591,9 @@ def routing_place_kernel(
     p0 = pid * parts_per_prog
     if USE_PDL:  # launched as a programmatic dependent of launch 1: wait for its results
         gdc_wait()
+    if ONE_STEP:
+        loaded = _load_slots(ws_ptr, pid * rows_per_part, tl.minimum(pid * rows_per_part + rows_per_part, n_tokens),
+                             expt_o, rank_o, w_o, PLACE_ROWS, K, K_PAD)
     if COUNTS8:  # the rows path: counts rows are bytes
         counts = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
     else:
@@ -592,15 +613,19 @@ def routing_place_kernel(
         dead_base = tl.sum(totals, axis=0) + dead_before
     else:
         dead_base = dead_before  # unused: dead rows sit at their own slot index
-    for p in range(p0, tl.minimum(p0 + parts_per_prog, n_parts)):
-        if p > p0:  # past the previous part (not after the last one: that load would only delay the exit)
-            base += tl.load(counts + (p - 1) * E_PAD + cols).to(tl.int32)
-            if USER_INDX:
-                dead_base += tl.load(ws_ptr + dead_o + p - 1)
-        row_end = tl.minimum(p * rows_per_part + rows_per_part, n_tokens)
-        for r0 in range(p * rows_per_part, row_end, PLACE_ROWS):
-            _place_rows(ws_ptr, r0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
-                        PLACE_ROWS, K, K_PAD, SOFTMAX, USER_INDX, False)
+    if ONE_STEP:
+        _place_loaded(ws_ptr, loaded, base, dead_base, gate, scal, n_local, PLACE_ROWS, K_PAD, SOFTMAX, USER_INDX,
+                      False)
+    else:
+        for p in range(p0, tl.minimum(p0 + parts_per_prog, n_parts)):
+            if p > p0:  # past the previous part (not after the last one: that load would only delay the exit)
+                base += tl.load(counts + (p - 1) * E_PAD + cols).to(tl.int32)
+                if USER_INDX:
+                    dead_base += tl.load(ws_ptr + dead_o + p - 1)
+            row_end = tl.minimum(p * rows_per_part + rows_per_part, n_tokens)
+            for r0 in range(p * rows_per_part, row_end, PLACE_ROWS):
+                _place_rows(ws_ptr, r0, row_end, base, dead_base, expt_o, rank_o, w_o, gate, scal, n_local,
+                            PLACE_ROWS, K, K_PAD, SOFTMAX, USER_INDX, False)
     _write_expt_data(totals, n_local, n_slots, ws_ptr + hist_o, ws_ptr + raw_o, ws_ptr + pad_o, ws_ptr + m16,
                      ws_ptr + m32, ws_ptr + m64, ws_ptr + m128, pid, tl.num_programs(0), E_PAD, TILE_BLOCK, scans)
 
