@@ -75,7 +75,6 @@ FUSED_MAX_KEYS = 1024
 ROWS_PATH = True  # split path: `routing_rows_kernel` where it applies (no user indices, no sm_first, k <= 8)
 FAST_LAUNCH = True  # relaunch cached compiled kernels directly (see `_launch`)
 PDL = True  # split path on Hopper and newer: the placement is a programmatic dependent launch of launch 1
-PDL_TRIGGER = 1  # rows path: where its programs let the placement launch (1: at their end, 2: at their start)
 ONE_LAUNCH = True  # rows path with at most one program per SM: one cooperative launch (see `_rows_plan`)
 _COMPILED: dict = {}
 
@@ -336,8 +335,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
         pdl = PDL and target_info.programmatic_dependent_launch()
         if plan.rows_q:
             consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
-                      min(plan.e_pad, RANK_BLOCK_MAX), PDL_TRIGGER if pdl and not plan.one_launch else 0,
-                      plan.one_launch, plan.part_rows,
+                      min(plan.e_pad, RANK_BLOCK_MAX), pdl and not plan.one_launch, plan.one_launch, plan.part_rows,
                       plan.tile_block, plan.packed_scans, plan.lane_counts)
             try:
                 _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,

@@ -491,8 +491,6 @@ def routing_rows_kernel(
     totals and the prefix before its own row from them, stores its slots at their positions from
     registers and shares the ExptData work, as the placement kernel does."""
     pid = tl.program_id(0)
-    if USE_PDL == 2:  # the placement may be launched now (its programs wait for this grid to end)
-        gdc_launch_dependents()
     n_slots = n_tokens * K
     gate, scal, hist_o, raw_o, pad_o, m16, m32, m64, m128, expt_o, w_o, rank_o, part_o, dead_o = _ws_layout(
         n_slots, n_local, tl.num_programs(0), E_PAD)
@@ -566,7 +564,7 @@ def routing_rows_kernel(
     else:
         tl.store(ws_ptr + w_o + slot, w.to(tl.int32, bitcast=True), mask=live)
         tl.store(ws_ptr + rank_o + slot, rank, mask=live)
-    if USE_PDL == 1:  # this program's results are stored: the placement may be launched (it waits for the grid)
+    if USE_PDL:  # this program's results are stored: the placement may be launched (it waits for the grid)
         gdc_launch_dependents()
 
 
