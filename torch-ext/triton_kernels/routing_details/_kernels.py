@@ -512,8 +512,12 @@ def routing_rows_kernel(
     for j in tl.static_range(K_PAD):
         bests = tl.where(kk[None, :] == j, best[j][:, None], bests)
     sel = _key_column(bests, PACK32)
-    earlier = (sel[:, None, :] < sel[:, :, None]) & (kk[None, None, :] < K)
-    slot = rows[:, None] * K + tl.sum(earlier.to(tl.int32), axis=2)
+    # each pick's place among its row's picks in expert order (2-D steps: a [ROWS, K_PAD, K_PAD]
+    # comparison would move the picks between threads)
+    n_before = tl.zeros([ROWS, K_PAD], dtype=tl.int32)
+    for i in tl.static_range(K):
+        n_before += (_key_column(best[i], PACK32)[:, None] < sel).to(tl.int32)
+    slot = rows[:, None] * K + n_before
     live = in_t[:, None] & (kk[None, :] < K)
     if not ONE_LAUNCH:
         tl.store(ws_ptr + expt_o + slot, tl.where(row_ok[:, None], sel, -1), mask=live)
