@@ -506,18 +506,22 @@ def routing_rows_kernel(
     in_t = rows < n_tokens
     row_ok = in_t & (rows < n_valid_rows)
     best = row_topk(x_ptr, stride_xt, stride_xe, rows, n_tokens, n_expts, K_PAD, E_PAD, Q, PACK32, FULL_E)
-    # the slot domain: expert and logit of each pick, in expert order within the row
+    # the slot domain: expert and logit of each pick, in expert order within the row. Each pick's
+    # place in that order is counted on the [ROWS] picks (whole rows in every thread of a row),
+    # and the picks are put in their columns there, so the slots are contiguous per row (no
+    # permuted addresses: their stores then need no layout change through shared memory)
     kk = tl.arange(0, K_PAD)
     bests = tl.zeros([ROWS, K_PAD], dtype=best[0].dtype)
     for j in tl.static_range(K_PAD):
-        bests = tl.where(kk[None, :] == j, best[j][:, None], bests)
+        col_j = _key_column(best[j], PACK32)
+        at = col_j * 0 + j  # the padding picks past K keep their own column
+        if j < K:
+            at = col_j * 0
+            for i in tl.static_range(K):
+                at += (_key_column(best[i], PACK32) < col_j).to(tl.int32)
+        bests = tl.where(kk[None, :] == at[:, None], best[j][:, None], bests)
     sel = _key_column(bests, PACK32)
-    # each pick's place among its row's picks in expert order (2-D steps: a [ROWS, K_PAD, K_PAD]
-    # comparison would move the picks between threads)
-    n_before = tl.zeros([ROWS, K_PAD], dtype=tl.int32)
-    for i in tl.static_range(K):
-        n_before += (_key_column(best[i], PACK32)[:, None] < sel).to(tl.int32)
-    slot = rows[:, None] * K + n_before
+    slot = rows[:, None] * K + kk[None, :]
     live = in_t[:, None] & (kk[None, :] < K)
     if not ONE_LAUNCH:
         tl.store(ws_ptr + expt_o + slot, tl.where(row_ok[:, None], sel, -1), mask=live)
