@@ -649,18 +649,25 @@ print("compiled")
 """
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernels themselves")
-def test_kernels_compile_for_hopper():
-    """The interpreter accepts things the compiler does not: build the kernels for sm_90 (ptxas included)."""
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_without_interpreter(args: list[str]) -> subprocess.CompletedProcess:
+    """`python <args>` with the repository on the path and TRITON_INTERPRET unset, so Triton compiles
+    for real (sm_90a with the ptxas it ships; skipped where Triton has no NVIDIA backend)."""
     try:
         from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
     except Exception:  # pragma: no cover - triton without the NVIDIA backend
         pytest.skip("triton has no NVIDIA backend here")
     env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300)
+    env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernels themselves")
+def test_kernels_compile_for_hopper():
+    """The interpreter accepts things the compiler does not: build the kernels for sm_90 (ptxas included)."""
+    out = _run_without_interpreter(["-c", _COMPILE_SCRIPT])
     assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
 
 
@@ -669,20 +676,9 @@ def test_rows_path_hopper_build_keeps_its_layouts():
     no spills in either kernel, and the rows kernel's slot stores keep the slot domain's layout
     (8 CTA barriers; permuted slot addresses made Triton move each store's pointers and values
     through shared memory: 16, measured 0.2-0.3 us slower on the H100)."""
-    import os
     import re
-    import subprocess
-    import sys
 
-    try:
-        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
-    except Exception:  # pragma: no cover - triton without the NVIDIA backend
-        pytest.skip("triton has no NVIDIA backend here")
-    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "sass_routing.py"), "--lines", "0"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = _run_without_interpreter([os.path.join(_ROOT, "benchmarks", "sass_routing.py"), "--lines", "0"])
     assert out.returncode == 0, out.stderr[-3000:]
     found = dict(re.findall(r"^(routing_\w+): .*? (\d+) CTA barriers, regs \d+, stack 0, local 0$", out.stdout, re.M))
     assert set(found) == {"routing_rows_kernel", "routing_place_kernel"}, out.stdout  # both built, no spills
