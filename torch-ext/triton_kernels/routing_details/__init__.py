@@ -35,8 +35,8 @@ Two paths:
   matmul per block of up to RANK_BLOCK_MAX columns, (lower triangle with its diagonal) @ picks,
   whose accumulator holds the picks of each expert up to each row, stored as bytes at (row,
   expert) in a [T, E_PAD] scratch that the program reads back at its picks (rank = count - 1; the
-  softmax weights are taken there too); the row of each program's last token is its counts row,
-  read from there by the placement. Otherwise launch 1
+  softmax weights are taken there too) and at its last token, whose row is its counts row (bytes,
+  summed by the placement in 16-bit lanes below 2^16 tokens). Otherwise launch 1
   is `routing_topk_kernel` (P programs of `n_iter` tiles, `select_tile` and `_rank_tile`).
   With PDL on Hopper and newer, the placement is launched as a programmatic dependent of launch 1
   (its launch overlaps launch 1's run; it waits for launch 1's results before reading them).
