@@ -7,11 +7,12 @@ binding, specialization and cache-key work (most of an eager call's launch cost 
 `launch_fixed(fn, grid, args, fixed)` does the same where the keyword arguments are a `FixedKwargs`
 that the caller keeps (memoized): the key holds it whole, so only the positional values are keyed.
 
-The key (`launch_key`) is computed from the actual argument values and holds everything Triton 3.6
-specializes a compilation on (runtime/jit.py `create_function_from_signature`, the backend's
-`get_int_specialization` / `get_tensor_specialization`), more specifically where that is simpler:
-  * the kernel, the current device, the launch options (num_warps, num_stages, launch_pdl, ...)
-    and the JIT's debug and instrumentation knobs;
+The key (`_specialization_key`, within a cache per kernel) is computed from the actual argument
+values and holds everything Triton 3.6 specializes a compilation on (runtime/jit.py
+`create_function_from_signature`, the backend's `get_int_specialization` /
+`get_tensor_specialization`), more specifically where that is simpler:
+  * the current device, the launch options (num_warps, num_stages, launch_pdl, ...) and the JIT's
+    debug and instrumentation knobs;
   * constexpr parameters: value and type (True and 1 compile differently);
   * other parameters, per value (`arg_key`): an int by the type its value needs (i32 / i64 / u64),
     whether it is 1 (a constexpr for Triton) and whether it is divisible by 16; a tensor (anything
@@ -35,7 +36,7 @@ from triton.language import constexpr
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
-_COMPILED: dict = {}  # id(kernel) -> {launch_key without the kernel: compiled kernel} (see _PARAMS)
+_COMPILED: dict = {}  # id(kernel) -> {_specialization_key: compiled kernel} (see _PARAMS)
 _REQUIRED = object()  # a parameter without a default
 _MISSING = object()
 _I32 = (-(1 << 31), 1 << 31)
@@ -166,15 +167,10 @@ def _params_of(fn: JITFunction) -> _Params:
     return entry[1]
 
 
-def launch_key(fn: JITFunction, bound: tuple, device: int):
-    """The cache key of a launch of `fn` with the values `bound` by `_Params.bind`, on `device`;
-    None where a value is not described (see `arg_key`)."""
-    key = _specialization_key(fn, bound, device)
-    return None if key is None else (fn,) + key
-
-
 def _specialization_key(fn: JITFunction, bound: tuple, device: int):
-    """launch_key less the kernel (`launch` keeps one cache per kernel)."""
+    """The cache key of a launch of `fn` with the values `bound` by `_Params.bind`, on `device`,
+    within `fn`'s own cache (`_COMPILED` keeps one per kernel); None where a value is not
+    described (see `arg_key`)."""
     _, consts, runtime, options = bound
     try:
         return _key(fn, device, options, consts, runtime)
