@@ -46,24 +46,25 @@ def compile_kernel(fn, constexprs: dict, pointers: dict, num_warps: int):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
+def _named(fn, n_args: int, consts: tuple) -> dict:
+    """A launch's constexpr values by parameter name: `_launch` passes them after its n_args arguments."""
+    return dict(zip(fn.arg_names[n_args:], consts))
+
+
 def rows_path_kernels(n_tokens: int, n_expts: int, k: int):
     """The two kernels `routing` launches for a bf16 [n_tokens, n_expts] call without options."""
     plan = routing_details.make_routing_plan(n_tokens, n_expts, k, 1, False, routing_details._target_programs(),
                                              routing_details.FUSED_MAX_TILES, False, True, 0)
     if not plan.rows_q:
         raise SystemExit(f"{n_tokens} x {n_expts}: not the rows path (fused or top-k kernel)")
-    rows = compile_kernel(routing_rows_kernel, dict(
-        stride_xe=1, n_rows_ptr=None, bar_ptr=None, K=k, K_PAD=plan.k_pad, E_PAD=plan.e_pad, ROWS=plan.block_t,
-        Q=plan.rows_q, N_ROWS_FROM_PTR=False, PACK32=True, FULL_E=n_expts == plan.e_pad,
-        RANK_BLOCK=min(plan.e_pad, routing_details.RANK_BLOCK_MAX), USE_PDL=True, ONE_LAUNCH=False,
-        PART_ROWS=plan.part_rows, TILE_BLOCK=plan.tile_block, PACKED_SCANS=plan.packed_scans,
-        LANE_COUNTS=plan.lane_counts), {"x_ptr": "*bf16", "ws_ptr": "*i32"}, plan.num_warps)
-    place = compile_kernel(routing_place_kernel, dict(
-        K=k, K_PAD=plan.k_pad, E_PAD=plan.e_pad, PART_ROWS=plan.part_rows, PLACE_ROWS=plan.place_rows,
-        TILE_BLOCK=plan.tile_block, SOFTMAX=False, USER_INDX=False, COUNTS8=True, USE_PDL=True,
-        PACKED_SCANS=plan.packed_scans, LANE_COUNTS=plan.lane_counts,
-        ONE_STEP=plan.parts_per_place == 1 and plan.place_rows >= plan.rows_per_part),
-        {"ws_ptr": "*i32"}, plan.place_warps)
+    # bf16 logits, no n_rows tensor, PDL (Hopper), as `routing_triton` passes them
+    rows_consts = routing_details.rows_kernel_consts(plan, k, n_expts, False, True, True)
+    place_consts = routing_details.place_kernel_consts(plan, k, False, False, True)
+    rows = compile_kernel(routing_rows_kernel, dict(_named(routing_rows_kernel, 10, rows_consts), stride_xe=1,
+                                                    n_rows_ptr=None, bar_ptr=None),
+                          {"x_ptr": "*bf16", "ws_ptr": "*i32"}, plan.num_warps)
+    place = compile_kernel(routing_place_kernel, _named(routing_place_kernel, 6, place_consts), {"ws_ptr": "*i32"},
+                           plan.place_warps)
     return plan, rows, place
 
 

@@ -297,6 +297,23 @@ def _refuse_one_launch(err: RuntimeError) -> None:
                   "from now on in this process", RuntimeWarning, stacklevel=3)
 
 
+def rows_kernel_consts(plan: RoutingPlan, k: int, n_expts: int, from_ptr: bool, pack32: bool, pdl: bool) -> tuple:
+    """`routing_rows_kernel`'s constexprs, in its signature's order, for a rows-path plan (also what
+    benchmarks/sass_routing.py compiles)."""
+    return (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
+            min(plan.e_pad, RANK_BLOCK_MAX), pdl and not plan.one_launch, plan.one_launch, plan.part_rows,
+            plan.tile_block, plan.packed_scans, plan.lane_counts)
+
+
+def place_kernel_consts(plan: RoutingPlan, k: int, sm_first: bool, user: bool, pdl: bool) -> tuple:
+    """`routing_place_kernel`'s constexprs, in its signature's order. The softmax is taken in launch 1
+    with sm_first (before the top-k) or on the rows path, else here; ONE_STEP where each program
+    places one part in one step."""
+    return (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block,
+            not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl, plan.packed_scans, plan.lane_counts,
+            plan.parts_per_place == 1 and plan.place_rows >= plan.rows_per_part)
+
+
 def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simulated_ep: int, n_rows):
     """Returns (gate_scal, topk_indx, gate_indx, hist, token_offs_raw, token_offs_pad, block_pid_map).
 
@@ -334,9 +351,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
     else:
         pdl = PDL and target_info.programmatic_dependent_launch()
         if plan.rows_q:
-            consts = (k, plan.k_pad, plan.e_pad, plan.block_t, plan.rows_q, from_ptr, pack32, n_expts == plan.e_pad,
-                      min(plan.e_pad, RANK_BLOCK_MAX), pdl and not plan.one_launch, plan.one_launch, plan.part_rows,
-                      plan.tile_block, plan.packed_scans, plan.lane_counts)
+            consts = rows_kernel_consts(plan, k, n_expts, from_ptr, pack32, pdl)
             try:
                 _launch(routing_rows_kernel, plan.n_parts, ("rows", consts, plan.num_warps) + spec,
                         (logits, sx0, sx1, ws, n_rows_ptr, counter, n_tokens, n_expts, n_local, n_rows_val), consts,
@@ -353,10 +368,7 @@ def routing_triton(logits: torch.Tensor, k: int, sm_first: bool, expt_indx, simu
             _launch(routing_topk_kernel, plan.n_parts, ("topk", consts, plan.num_warps) + spec,
                     (logits, sx0, sx1, expt_indx, stride_ut, ws, n_rows_ptr, n_tokens, n_expts, n_local, n_rows_val,
                      plan.n_iter), consts, plan.num_warps, dev)
-        # the softmax: in launch 1 with sm_first (before the top-k) or on the rows path, else here
-        consts = (k, plan.k_pad, plan.e_pad, plan.part_rows, plan.place_rows, plan.tile_block,
-                  not sm_first and not plan.rows_q, user, plan.rows_q > 0, pdl, plan.packed_scans, plan.lane_counts,
-                  plan.parts_per_place == 1 and plan.place_rows >= plan.rows_per_part)
+        consts = place_kernel_consts(plan, k, sm_first, user, pdl)
         _launch(routing_place_kernel, plan.n_place_programs, ("place", consts, plan.place_warps, dev.index),
                 (ws, plan.n_parts, plan.rows_per_part, plan.parts_per_place, n_tokens, n_local), consts,
                 plan.place_warps, dev, launch_pdl=pdl)
