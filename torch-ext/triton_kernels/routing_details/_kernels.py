@@ -233,14 +233,15 @@ def _unpack_lanes(even, odd):
 
 
 @triton.jit
-def _counts_prefix(counts, n_parts, p0, PART_ROWS: tl.constexpr, E_PAD: tl.constexpr,
-                   LANES: tl.constexpr = False):
-    """The P counts rows ([n_parts, E_PAD] at `counts`, int32 or bytes): per expert, the sum over all
-    rows (totals) and over the rows before p0. Loads bypass L1: in the one-launch path other
-    programs wrote the rows during this kernel.
-    LANES (byte rows, `counts` an int32 pointer to them, every sum < 2^16: the host checks T): four
-    experts per loaded word, summed as two words of 16-bit lanes (even and odd bytes), so the
-    loads, adds and the cross-warp reduction handle a quarter of the elements."""
+def _counts_prefix(part_ptr, n_parts, p0, PART_ROWS: tl.constexpr, E_PAD: tl.constexpr, BYTES: tl.constexpr,
+                   LANES: tl.constexpr):
+    """The P counts rows ([n_parts, E_PAD] from `part_ptr`, the workspace's counts segment: int32, or
+    bytes with BYTES): per expert, the sum over all rows (totals) and over the rows before p0. Loads
+    bypass L1: in the one-launch path other programs wrote the rows during this kernel.
+    LANES (byte rows whose every sum is < 2^16: the host checks T): four experts per loaded word,
+    summed as two words of 16-bit lanes (even and odd bytes), so the loads, adds and the cross-warp
+    reduction handle a quarter of the elements."""
+    counts = part_ptr.to(tl.pointer_type(tl.uint8)) if BYTES else part_ptr
     if LANES:
         W: tl.constexpr = E_PAD // 4
         words = tl.arange(0, W)
@@ -248,7 +249,7 @@ def _counts_prefix(counts, n_parts, p0, PART_ROWS: tl.constexpr, E_PAD: tl.const
         even_all, odd_all, even_before, odd_before = zero, zero, zero, zero
         for r0 in range(0, n_parts, PART_ROWS):
             r = r0 + tl.arange(0, PART_ROWS)
-            word = tl.load(counts + r[:, None] * W + words[None, :], mask=r[:, None] < n_parts, other=0,
+            word = tl.load(part_ptr + r[:, None] * W + words[None, :], mask=r[:, None] < n_parts, other=0,
                            cache_modifier=".cg")
             even = word & 0x00FF00FF
             odd = (word >> 8) & 0x00FF00FF
@@ -556,10 +557,7 @@ def routing_rows_kernel(
     w = _softmax_picks(_key_value(bests, PACK32), row_ok[:, None] & (kk[None, :] < K))
     if ONE_LAUNCH:
         _grid_barrier(bar_ptr)
-        if LANE_COUNTS:
-            totals, before = _counts_prefix(ws_ptr + part_o, tl.num_programs(0), pid, PART_ROWS, E_PAD, True)
-        else:
-            totals, before = _counts_prefix(counts8, tl.num_programs(0), pid, PART_ROWS, E_PAD)
+        totals, before = _counts_prefix(ws_ptr + part_o, tl.num_programs(0), pid, PART_ROWS, E_PAD, True, LANE_COUNTS)
         scans = _expert_scans(totals, n_local, PACKED_SCANS)
         routed = live & row_ok[:, None]
         at = tl.reshape(tl.where(routed, sel, 0), [ROWS * K_PAD])
@@ -606,10 +604,7 @@ def routing_place_kernel(
         counts = (ws_ptr + part_o).to(tl.pointer_type(tl.uint8))
     else:
         counts = ws_ptr + part_o
-    if LANE_COUNTS:  # bytes, read as words
-        totals, before = _counts_prefix(ws_ptr + part_o, n_parts, p0, PART_ROWS, E_PAD, True)
-    else:
-        totals, before = _counts_prefix(counts, n_parts, p0, PART_ROWS, E_PAD)
+    totals, before = _counts_prefix(ws_ptr + part_o, n_parts, p0, PART_ROWS, E_PAD, COUNTS8, LANE_COUNTS)
     dead_before = n_parts * 0
     if USER_INDX:
         for r0 in range(0, p0, PART_ROWS):
