@@ -101,6 +101,9 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--lines", type=int, default=12, help="source lines to list per kernel")
     args = ap.parse_args()
+    if args.tokens < 1 or not 1 <= args.experts <= 256 or not 1 <= args.k <= min(8, args.experts) or args.lines < 0:
+        ap.error(f"expected --tokens >= 1, 1 <= --experts <= 256, 1 <= --k <= min(8, experts) and --lines >= 0, "
+                 f"got {args.tokens}, {args.experts}, {args.k}, {args.lines}")
     plan, rows, place = rows_path_kernels(args.tokens, args.experts, args.k)
     print(f"{args.tokens} x {args.experts}, k = {args.k}: {plan.n_parts} rows programs of {plan.block_t} rows "
           f"({plan.num_warps} warps), {plan.n_place_programs} placement programs ({plan.place_warps} warps)")

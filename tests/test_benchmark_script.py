@@ -58,3 +58,16 @@ def test_bench_moe_refuses_bad_lists_before_any_gpu_work():
             bench_moe.positive_ints(bad)
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown layouts \['foo'\]"):
         bench_moe.layout_names("default,foo")
+
+
+@pytest.mark.parametrize("args,rc,message", [
+    (["--k", "0"], 2, "expected --tokens >= 1, 1 <= --experts <= 256, 1 <= --k <= min(8, experts)"),
+    (["--experts", "300"], 2, "expected --tokens >= 1"),
+    (["--tokens", "0"], 2, "expected --tokens >= 1"),
+    (["--experts", "32", "--tokens", "64"], 1, "64 x 32: not the rows path (fused or top-k kernel)")])
+def test_sass_routing_refuses_what_it_cannot_compile(args, rc, message):
+    """benchmarks/sass_routing.py names what it expected (argparse) or why the shape has no rows path,
+    before compiling anything."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "sass_routing.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == rc and message in proc.stderr, proc.stderr[-2000:]
