@@ -89,6 +89,18 @@ SMALL_WARPS = [C(16, 64, 256, 1, 2, 3, True), C(16, 64, 256, 1, 2, 4, True), C(1
                C(16, 32, 256, 1, 1, 3, True, "ptx", 2), C(16, 64, 256, 1, 2, 4, True, "ptx", 2)]
 
 
+# 128-row tiles on 8 warps: each warp group decodes its own 64 weight columns (no decode twice) and
+# holds half the accumulator, so 126 registers let two programs (16 warps) share an SM, against 8
+# warps for the 4-warp 128-row tile (238 registers) and the 8-warp 256-row tile (226, one per SM)
+# (down's epilogue takes it to 152, one program per SM, unless capped at 128); at 64 rows per expert
+# the 8-warp 64-row tile capped at 80 registers fits three programs per SM
+OCCUPANCY = [C(128, 128, 64, 8, 8, 4, True), C(128, 128, 64, 8, 8, 3, True),
+             C(128, 128, 64, 8, 8, 4, True, max_registers=128)] + [
+    C(128, 128, 64, 8, 8, 4, True, max_registers=128, tail=tail)
+    for tail in (C(32, 64, 128, 4, 4, 3, True), C(32, 64, 256, 1, 4, 3, True), C(64, 128, 128, 8, 4, 3, True))] + [
+    C(64, 128, 128, 8, 8, 3, True, max_registers=80)]
+
+
 # K splits of the shipped decode tile (and two neighbours): gate_up's splits are finished by their
 # last split in the launch (FINISH_IN_LAUNCH), down's by the in-launch top-k sum (NOTES section 23)
 SPLITS = [C(16, 64, 256, 1, 4, 3, True, "ptx", split) for split in (1, 2, 3, 4)] + [
@@ -112,6 +124,8 @@ def candidates(rows_per_expt, which="all"):
         return REGS if rows_per_expt > 14 else REGS[:1]
     if which == "splits":
         return SPLITS
+    if which == "occupancy":
+        return OCCUPANCY
     if rows_per_expt <= 16:
         regime, fill = DECODE, FILL_DECODE
     elif rows_per_expt <= 32:  # between the regimes: the 32-row default against decode-style tiles and tails
@@ -171,10 +185,11 @@ def main():
     ap.add_argument("--cold-sets", type=int, default=8,
                     help="for T <= 8, time R calls in one graph, each routed to other experts (weights read "
                          "from DRAM as in a model of many layers, not from L2); 0: one repeated call")
-    ap.add_argument("--candidates", choices=["all", "fill", "warps", "splits", "regs"], default="all",
+    ap.add_argument("--candidates", choices=["all", "fill", "warps", "splits", "regs", "occupancy"], default="all",
                     help="fill: only the default config and the tile-height / tiles-per-expert candidates; "
                          "warps: the default and decode tiles on 1-2 warps (mma.sync); "
-                         "splits: the decode tile with 1-4 K splits; regs: register caps (more programs per SM)")
+                         "splits: the decode tile with 1-4 K splits; regs: register caps (more programs per SM); "
+                         "occupancy: 128-row tiles on 8 warps (two programs per SM)")
     args = ap.parse_args()
     t_start = time.time()
     buf = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
